@@ -1,0 +1,53 @@
+"""Shared test setup: pinned BLAS threads, and the CI rule that a missing tool is a failure.
+
+Locally a missing `dot` binary, TensorFlow or MNIST copy skips the tests that need it; with
+CI=true it fails them, so a green CI run means everything really ran.
+"""
+import os
+
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ.setdefault("MPLBACKEND", "Agg")
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_MNIST = ROOT.parent / "shared" / "data" / "mnist"
+
+
+def require(ok: bool, what: str) -> None:
+    """Skip locally when `what` is missing; fail in CI, where skipping would hide it."""
+    if ok:
+        return
+    if IN_CI:
+        pytest.fail(f"CI needs {what}, and it is missing (.ci/run must install it)")
+    pytest.skip(f"{what} not available")
+
+
+@pytest.fixture(scope="session")
+def tf():
+    try:
+        import tensorflow as tf
+    except ImportError:
+        tf = None
+    require(tf is not None, "TensorFlow (pip install tensorflow-cpu)")
+    return tf
+
+
+@pytest.fixture(scope="session")
+def dot_binary():
+    path = shutil.which("dot")
+    require(path is not None, "the graphviz `dot` binary (apt-get install graphviz)")
+    return path
+
+
+@pytest.fixture(scope="session")
+def mnist_dir() -> Path:
+    """The directory with the real MNIST files: $TINYGRAD_MNIST_DATA or ../shared/data/mnist."""
+    d = Path(os.environ.get("TINYGRAD_MNIST_DATA", DEFAULT_MNIST))
+    require((d / "train-images-idx3-ubyte.gz").exists(), f"MNIST files in {d}")
+    return d
