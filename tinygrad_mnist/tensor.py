@@ -1,0 +1,589 @@
+"""The autodiff engine: a Tensor that records operations, and backward() that replays them in reverse.
+
+Every operation is a `Function`. Its `forward` computes the NumPy result and saves what the
+backward pass will need; its `backward` turns the output's gradient into the inputs'
+gradients *using Tensor operations*. Run under `no_grad` those are plain NumPy calls; run
+with `create_graph=True` they are recorded too, so a gradient has a graph of its own and can
+be differentiated again.
+"""
+from __future__ import annotations
+
+import functools
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+# ----------------------------------------------------------------------------- grad mode
+
+_grad_enabled = True
+
+
+def is_grad_enabled() -> bool:
+    return _grad_enabled
+
+
+class set_grad_enabled:
+    """Context manager (and decorator) that turns graph recording on or off inside it."""
+
+    def __init__(self, mode: bool = True):
+        self.mode = mode
+
+    def __enter__(self) -> None:
+        global _grad_enabled
+        self.prev, _grad_enabled = _grad_enabled, self.mode
+
+    def __exit__(self, *exc: Any) -> None:
+        global _grad_enabled
+        _grad_enabled = self.prev
+
+    def __call__(self, fn: Callable) -> Callable:
+        @functools.wraps(fn)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            with set_grad_enabled(self.mode):
+                return fn(*args, **kwargs)
+
+        return wrapper
+
+
+class no_grad(set_grad_enabled):
+    """Nothing computed inside is recorded: for evaluation, optimizer steps, and backward itself."""
+
+    def __init__(self) -> None:
+        super().__init__(False)
+
+
+_scope: tuple[str, ...] = ()
+
+
+class name_scope:
+    """Label the ops recorded inside (nestable), so the graph picture can box them together,
+    e.g. every op of one Linear layer in a cluster called "Linear(784→128)"."""
+
+    def __init__(self, label: str):
+        self.label = label
+
+    def __enter__(self) -> None:
+        global _scope
+        self.prev, _scope = _scope, _scope + (self.label,)
+
+    def __exit__(self, *exc: Any) -> None:
+        global _scope
+        _scope = self.prev
+
+
+# ----------------------------------------------------------------------------- Tensor
+
+
+def _as_array(data: Any, dtype: Any) -> np.ndarray:
+    """Turn user data into an ndarray: float arrays keep their dtype, everything else is float32."""
+    if isinstance(data, Tensor):
+        raise TypeError("Tensor(...) got a Tensor; use t.detach() to share its data, "
+                        "or Tensor(t.numpy().copy()) for a copy")
+    arr = data if isinstance(data, np.ndarray) else np.asarray(data)
+    if arr.dtype.kind not in "biuf":
+        raise TypeError(f"Tensor data must be numbers (bool, int or float); got an array of "
+                        f"dtype {arr.dtype} from {type(data).__name__}")
+    if dtype is not None:
+        return arr.astype(dtype, copy=False)
+    if arr.dtype.kind == "f" and isinstance(data, np.ndarray):
+        return arr
+    return arr.astype(np.float32)
+
+
+class Tensor:
+    """An ndarray plus the history of how it was computed, so gradients can flow back to it.
+
+    A float ndarray is used as is (no copy, dtype kept); lists, numbers and integer arrays
+    become float32 unless `dtype` says otherwise.
+    """
+
+    __slots__ = ("data", "requires_grad", "grad", "name", "_ctx", "__weakref__")
+    __array_ufunc__ = None  # ndarray (op) Tensor defers to Tensor's reflected operators
+
+    def __init__(self, data: Any, requires_grad: bool = False, dtype: Any = None,
+                 name: str | None = None):
+        self.data = _as_array(data, dtype)
+        if requires_grad and self.data.dtype.kind != "f":
+            raise TypeError(f"requires_grad=True needs floating-point data, got dtype "
+                            f"{self.data.dtype}; pass float data or dtype=np.float32")
+        self.requires_grad = bool(requires_grad)
+        self.grad: Tensor | None = None
+        self.name = name
+        self._ctx: Function | None = None
+
+    @classmethod
+    def _wrap(cls, data: np.ndarray, ctx: Function | None = None) -> Tensor:
+        """Internal fast constructor: no checks, no conversion (op outputs and constants)."""
+        t = cls.__new__(cls)
+        t.data, t.requires_grad, t.grad, t.name, t._ctx = data, ctx is not None, None, None, ctx
+        return t
+
+    # --- plain attributes
+    shape = property(lambda self: self.data.shape)
+    ndim = property(lambda self: self.data.ndim)
+    dtype = property(lambda self: self.data.dtype)
+    size = property(lambda self: self.data.size)
+    T = property(lambda self: self.transpose())
+
+    def numpy(self) -> np.ndarray:
+        return self.data
+
+    def item(self) -> float:
+        return self.data.item()
+
+    def detach(self) -> Tensor:
+        """Same data, no history: gradients stop here."""
+        return Tensor._wrap(self.data)
+
+    def zero_grad(self) -> None:
+        self.grad = None
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    def __repr__(self) -> str:
+        extra = (", requires_grad=True" if self.requires_grad else "") + \
+                (f", name={self.name!r}" if self.name else "")
+        return f"Tensor({np.array2string(self.data, precision=4, threshold=20)}, " \
+               f"dtype={self.dtype}{extra})"
+
+    # --- operators
+    def _lift(self, other: Any) -> Tensor:
+        """Make the other operand a Tensor; a Python number takes this tensor's float dtype."""
+        if isinstance(other, Tensor):
+            return other
+        if isinstance(other, (int, float, np.number)):
+            return Tensor._wrap(np.asarray(other, self.dtype if self.dtype.kind == "f" else np.float32))
+        if isinstance(other, (np.ndarray, list, tuple)):
+            return Tensor(other)
+        raise TypeError(f"unsupported operand: Tensor and {type(other).__name__}")
+
+    def __add__(self, o): return Add.apply(self, self._lift(o))
+    def __radd__(self, o): return Add.apply(self._lift(o), self)
+    def __sub__(self, o): return Sub.apply(self, self._lift(o))
+    def __rsub__(self, o): return Sub.apply(self._lift(o), self)
+    def __mul__(self, o): return Mul.apply(self, self._lift(o))
+    def __rmul__(self, o): return Mul.apply(self._lift(o), self)
+    def __truediv__(self, o): return Div.apply(self, self._lift(o))
+    def __rtruediv__(self, o): return Div.apply(self._lift(o), self)
+    def __pow__(self, o): return Pow.apply(self, self._lift(o))
+    def __rpow__(self, o): return Pow.apply(self._lift(o), self)
+    def __matmul__(self, o): return MatMul.apply(self, self._lift(o))
+    def __rmatmul__(self, o): return MatMul.apply(self._lift(o), self)
+    def __neg__(self): return Neg.apply(self)
+    def __getitem__(self, idx): return GetItem.apply(self, idx=_plain_index(idx))
+
+    # --- methods
+    def sum(self, axis=None, keepdims: bool = False) -> Tensor:
+        return Sum.apply(self, axis=_axes(axis, self.ndim), keepdims=keepdims)
+
+    def mean(self, axis=None, keepdims: bool = False) -> Tensor:
+        axes = _axes(axis, self.ndim)
+        count = int(np.prod([self.shape[a] for a in axes]))
+        return self.sum(axes, keepdims) * (1.0 / max(count, 1))
+
+    def max(self, axis=None, keepdims: bool = False) -> Tensor:
+        return Max.apply(self, axis=_axes(axis, self.ndim), keepdims=keepdims)
+
+    def exp(self) -> Tensor: return Exp.apply(self)
+    def log(self) -> Tensor: return Log.apply(self)
+    def sqrt(self) -> Tensor: return Sqrt.apply(self)
+    def relu(self) -> Tensor: return ReLU.apply(self)
+    def tanh(self) -> Tensor: return Tanh.apply(self)
+    def sigmoid(self) -> Tensor: return Sigmoid.apply(self)
+
+    def reshape(self, *shape) -> Tensor:
+        shape = shape[0] if len(shape) == 1 and isinstance(shape[0], (tuple, list)) else shape
+        return Reshape.apply(self, shape=tuple(shape))
+
+    def transpose(self, *axes) -> Tensor:
+        axes = axes[0] if len(axes) == 1 and isinstance(axes[0], (tuple, list)) else axes
+        return Transpose.apply(self, axes=tuple(axes) or tuple(reversed(range(self.ndim))))
+
+    def broadcast_to(self, shape: Sequence[int]) -> Tensor:
+        return BroadcastTo.apply(self, shape=tuple(shape))
+
+    def log_softmax(self, axis: int = -1) -> Tensor:
+        return LogSoftmax.apply(self, axis=axis)
+
+    def softmax(self, axis: int = -1) -> Tensor:
+        return Softmax.apply(self, axis=axis)
+
+    # --- autodiff
+    def backward(self, grad: Any = None, retain_graph: bool = False,
+                 create_graph: bool = False) -> None:
+        """Add d(self)/d(t) to `t.grad` for every tensor t in the graph that requires grad.
+
+        Not only leaves get `.grad`: intermediates do too, so the graph picture can show it.
+        """
+        _backprop(self, grad, retain_graph, create_graph, store=True)
+
+
+def grad(output: Tensor, inputs: Sequence[Tensor], grad_output: Any = None,
+         retain_graph: bool = False, create_graph: bool = False) -> list[Tensor | None]:
+    """d(output)/d(input) for each input, returned rather than stored in `.grad`."""
+    grads = _backprop(output, grad_output, retain_graph, create_graph, store=False)
+    return [grads.get(id(t)) for t in inputs]
+
+
+def _backprop(root: Tensor, seed: Any, retain_graph: bool, create_graph: bool,
+              store: bool) -> dict[int, Tensor]:
+    if not isinstance(root, Tensor):
+        raise TypeError(f"backward needs a Tensor, got {type(root).__name__}")
+    if not root.requires_grad:
+        raise RuntimeError("backward() on a Tensor that does not require grad: no input had "
+                           "requires_grad=True, or it was computed under no_grad()")
+    if seed is None:
+        if root.size != 1:
+            raise RuntimeError(f"backward() on a non-scalar Tensor of shape {root.shape} needs "
+                               f"grad=, a Tensor of that same shape (e.g. loss.sum().backward())")
+        seed = Tensor._wrap(np.ones_like(root.data))
+    else:
+        seed = seed if isinstance(seed, Tensor) else Tensor(seed, dtype=root.dtype)
+        if seed.shape != root.shape:
+            raise ValueError(f"backward() grad has shape {seed.shape}, expected the output's "
+                             f"shape {root.shape}")
+    retain_graph = retain_graph or create_graph  # the gradient's graph reuses this one's tensors
+    grads = {id(root): seed}
+    with set_grad_enabled(create_graph):
+        for t in reversed(_topo_order(root)):
+            g = grads.get(id(t))
+            if g is None:
+                continue
+            if store:
+                t.grad = g if t.grad is None else t.grad + g
+            ctx = t._ctx
+            if ctx is None:
+                continue
+            if ctx.saved is None:
+                raise RuntimeError(f"backward through {type(ctx).__name__} a second time: the graph "
+                                   f"was freed by the first backward(); pass retain_graph=True to it")
+            in_grads = ctx.backward(t, g)
+            if not isinstance(in_grads, tuple):
+                in_grads = (in_grads,)
+            for p, pg in zip(ctx.parents, in_grads):
+                if pg is None or not p.requires_grad:
+                    continue
+                if pg.shape != p.shape:
+                    pg = _unbroadcast(pg, p.shape)
+                k = id(p)
+                grads[k] = pg if k not in grads else grads[k] + pg
+            if not retain_graph:
+                ctx.saved = None
+    return grads
+
+
+def _topo_order(root: Tensor) -> list[Tensor]:
+    """Tensors that require grad, each after all its inputs; iterative, so depth is unlimited."""
+    order, visited, stack = [], set(), [(root, False)]
+    while stack:
+        t, done = stack.pop()
+        if done:
+            order.append(t)
+            continue
+        if id(t) in visited:
+            continue
+        visited.add(id(t))
+        stack.append((t, True))
+        if t._ctx is not None:
+            stack.extend((p, False) for p in t._ctx.parents
+                         if p.requires_grad and id(p) not in visited)
+    return order
+
+
+def _unbroadcast(g: Tensor, shape: tuple) -> Tensor:
+    """Sum a gradient over the axes broadcasting stretched, so it matches the input's shape."""
+    lead = g.ndim - len(shape)
+    if lead:
+        g = g.sum(axis=tuple(range(lead)))
+    axes = tuple(i for i, n in enumerate(shape) if n == 1 and g.shape[i] != 1)
+    return g.sum(axis=axes, keepdims=True) if axes else g
+
+
+def _axes(axis: Any, ndim: int) -> tuple[int, ...]:
+    """Normalize an axis argument (None, int or sequence) to a tuple of non-negative ints."""
+    if axis is None:
+        return tuple(range(ndim))
+    axes = (axis,) if isinstance(axis, (int, np.integer)) else tuple(axis)
+    for a in axes:
+        if not -ndim <= a < ndim:
+            raise ValueError(f"axis {a} is out of range for a tensor with {ndim} dimensions")
+    return tuple(sorted(int(a) % ndim for a in axes))
+
+
+def _kept_shape(shape: tuple, axes: tuple) -> tuple:
+    """The shape a reduction over `axes` has with keepdims=True."""
+    return tuple(1 if i in axes else n for i, n in enumerate(shape))
+
+
+def _plain_index(idx: Any) -> Any:
+    """Replace Tensors inside an index by their (integer) arrays."""
+    if isinstance(idx, tuple):
+        return tuple(_plain_index(i) for i in idx)
+    if isinstance(idx, Tensor):
+        return idx.data.astype(np.int64) if idx.dtype.kind == "f" else idx.data
+    return idx
+
+
+def _has_array(idx: Any) -> bool:
+    parts = idx if isinstance(idx, tuple) else (idx,)
+    return any(isinstance(i, (list, np.ndarray)) for i in parts)
+
+
+# ----------------------------------------------------------------------------- Function
+
+
+class Function:
+    """One differentiable operation, in the shape of early tinygrad's Function.
+
+    `forward(ctx, *tensors, **options)` returns the output ndarray and may `save` what
+    backward needs. `backward(ctx, out, grad)` gets the output Tensor and its gradient and
+    returns one gradient Tensor per input (or None where none is needed); the engine sums
+    away broadcast axes, so rules are written as if shapes matched. A recorded ctx keeps
+    `parents` (the input Tensors), `saved` (None once backward has freed it) and `scope`
+    (the `name_scope` labels active when it was recorded).
+    """
+
+    __slots__ = ("parents", "saved", "scope")
+
+    def save(self, *values: Any) -> None:
+        self.saved = values
+
+    @classmethod
+    def apply(cls, *parents: Tensor, **options: Any) -> Tensor:
+        ctx = cls.__new__(cls)
+        ctx.parents, ctx.saved = parents, ()
+        try:
+            data = ctx.forward(*parents, **options)
+        except ValueError as e:
+            shapes = " and ".join(str(p.shape) for p in parents)
+            raise ValueError(f"{cls.__name__}: input shapes {shapes}: {e}") from None
+        if _grad_enabled and any(p.requires_grad for p in parents):
+            ctx.scope = _scope
+            return Tensor._wrap(data, ctx)
+        return Tensor._wrap(data)
+
+    def forward(self, *args: Any, **kwargs: Any) -> np.ndarray:
+        raise NotImplementedError
+
+    def backward(self, out: Tensor, g: Tensor) -> Tensor | tuple[Tensor | None, ...] | None:
+        raise NotImplementedError
+
+
+def _const(arr: np.ndarray) -> Tensor:
+    """A Tensor that never needs a gradient (masks, one-hot targets) — no conversion."""
+    return Tensor._wrap(arr)
+
+
+class Add(Function):
+    def forward(ctx, x, y): return x.data + y.data
+    def backward(ctx, out, g): return g, g
+
+
+class Sub(Function):
+    def forward(ctx, x, y): return x.data - y.data
+    def backward(ctx, out, g): return g, -g
+
+
+class Neg(Function):
+    def forward(ctx, x): return -x.data
+    def backward(ctx, out, g): return -g
+
+
+class Mul(Function):
+    def forward(ctx, x, y):
+        ctx.save(x, y)
+        return x.data * y.data
+
+    def backward(ctx, out, g):
+        x, y = ctx.saved
+        return (g * y if x.requires_grad else None), (g * x if y.requires_grad else None)
+
+
+class Div(Function):
+    def forward(ctx, x, y):
+        ctx.save(x, y)
+        return x.data / y.data
+
+    def backward(ctx, out, g):
+        x, y = ctx.saved
+        gx = g / y
+        return gx, (-gx * out if y.requires_grad else None)  # d(x/y)/dy = -(x/y)/y
+
+
+class Pow(Function):
+    def forward(ctx, x, y):
+        ctx.save(x, y)
+        return x.data ** y.data
+
+    def backward(ctx, out, g):
+        x, y = ctx.saved
+        gx = g * y * x ** (y - 1) if x.requires_grad else None
+        gy = g * out * x.log() if y.requires_grad else None
+        return gx, gy
+
+
+class MatMul(Function):
+    def forward(ctx, x, y):
+        ctx.save(x, y)
+        return x.data @ y.data
+
+    def backward(ctx, out, g):
+        x, y = ctx.saved
+        # 1-D operands act as a row (left) or a column (right) vector, as in NumPy.
+        x2 = x.reshape(1, -1) if x.ndim == 1 else x
+        y2 = y.reshape(-1, 1) if y.ndim == 1 else y
+        if x.ndim == 1 and y.ndim == 1:
+            g2 = g.reshape(1, 1)
+        elif x.ndim == 1:
+            g2 = g.reshape(*g.shape[:-1], 1, g.shape[-1])
+        elif y.ndim == 1:
+            g2 = g.reshape(*g.shape, 1)
+        else:
+            g2 = g
+        gx = _unbroadcast(g2 @ y2.transpose(_swap_last(y2.ndim)), x2.shape).reshape(x.shape) \
+            if x.requires_grad else None
+        gy = _unbroadcast(x2.transpose(_swap_last(x2.ndim)) @ g2, y2.shape).reshape(y.shape) \
+            if y.requires_grad else None
+        return gx, gy
+
+
+def _swap_last(ndim: int) -> tuple[int, ...]:
+    return (*range(ndim - 2), ndim - 1, ndim - 2)
+
+
+class Sum(Function):
+    def forward(ctx, x, axis, keepdims):
+        ctx.save(x.shape, axis, keepdims)
+        return x.data.sum(axis=axis, keepdims=keepdims)
+
+    def backward(ctx, out, g):
+        shape, axis, keepdims = ctx.saved
+        if not keepdims:
+            g = g.reshape(_kept_shape(shape, axis))
+        return g.broadcast_to(shape)
+
+
+class Max(Function):
+    def forward(ctx, x, axis, keepdims):
+        m = x.data.max(axis=axis, keepdims=True)
+        mask = x.data == m
+        share = (mask / mask.sum(axis=axis, keepdims=True)).astype(x.dtype)  # ties split evenly
+        ctx.save(share, axis, keepdims)
+        return m if keepdims else np.squeeze(m, axis=axis)
+
+    def backward(ctx, out, g):
+        share, axis, keepdims = ctx.saved
+        if not keepdims:
+            g = g.reshape(_kept_shape(share.shape, axis))
+        return g * _const(share)
+
+
+class Exp(Function):
+    def forward(ctx, x): return np.exp(x.data)
+    def backward(ctx, out, g): return g * out
+
+
+class Log(Function):
+    def forward(ctx, x):
+        ctx.save(x)
+        return np.log(x.data)
+
+    def backward(ctx, out, g): return g / ctx.saved[0]
+
+
+class Sqrt(Function):
+    def forward(ctx, x): return np.sqrt(x.data)
+    def backward(ctx, out, g): return g / (out * 2)
+
+
+class ReLU(Function):
+    def forward(ctx, x):
+        ctx.save(x.data > 0)
+        return np.maximum(x.data, 0)
+
+    def backward(ctx, out, g): return g * _const(ctx.saved[0])
+
+
+class Tanh(Function):
+    def forward(ctx, x): return np.tanh(x.data)
+    def backward(ctx, out, g): return g * (1 - out * out)
+
+
+class Sigmoid(Function):
+    def forward(ctx, x):
+        # exp of a negative number only, so large |x| neither overflows nor warns
+        e = np.exp(-np.abs(x.data))
+        return np.where(x.data >= 0, 1 / (1 + e), e / (1 + e)).astype(x.dtype, copy=False)
+
+    def backward(ctx, out, g): return g * out * (1 - out)
+
+
+class Reshape(Function):
+    def forward(ctx, x, shape):
+        ctx.save(x.shape)
+        return x.data.reshape(shape)
+
+    def backward(ctx, out, g): return g.reshape(ctx.saved[0])
+
+
+class Transpose(Function):
+    def forward(ctx, x, axes):
+        ctx.save(axes)
+        return x.data.transpose(axes)
+
+    def backward(ctx, out, g): return g.transpose(tuple(np.argsort(ctx.saved[0])))
+
+
+class BroadcastTo(Function):
+    def forward(ctx, x, shape):
+        return np.broadcast_to(x.data, shape).copy()  # a writable array, not a stride-0 view
+
+    def backward(ctx, out, g): return g  # the engine sums the broadcast axes away
+
+
+class GetItem(Function):
+    def forward(ctx, x, idx):
+        ctx.save(x.shape, idx)
+        return x.data[idx]
+
+    def backward(ctx, out, g):
+        shape, idx = ctx.saved
+        return ScatterAdd.apply(g, idx=idx, shape=shape)
+
+
+class ScatterAdd(Function):
+    """Place `x` at `idx` in zeros of `shape`; repeated indices add up. The inverse of GetItem."""
+
+    def forward(ctx, x, idx, shape):
+        ctx.save(idx)
+        out = np.zeros(shape, dtype=x.dtype)
+        if _has_array(idx):
+            np.add.at(out, idx, x.data)
+        else:
+            out[idx] = x.data
+        return out
+
+    def backward(ctx, out, g): return g[ctx.saved[0]]
+
+
+class LogSoftmax(Function):
+    def forward(ctx, x, axis):
+        ctx.save(axis)
+        shifted = x.data - x.data.max(axis=axis, keepdims=True)
+        return shifted - np.log(np.exp(shifted).sum(axis=axis, keepdims=True))
+
+    def backward(ctx, out, g):
+        axis = ctx.saved[0]
+        return g - out.exp() * g.sum(axis=axis, keepdims=True)
+
+
+class Softmax(Function):
+    def forward(ctx, x, axis):
+        ctx.save(axis)
+        e = np.exp(x.data - x.data.max(axis=axis, keepdims=True))
+        return e / e.sum(axis=axis, keepdims=True)
+
+    def backward(ctx, out, g):
+        axis = ctx.saved[0]
+        return out * (g - (g * out).sum(axis=axis, keepdims=True))
