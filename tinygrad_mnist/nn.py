@@ -1,0 +1,202 @@
+"""Layers and the loss: a PyTorch-shaped Module system on top of Tensor.
+
+A Module finds its parameters by looking at its attributes (Tensors that require grad,
+sub-Modules, lists of Modules), so a layer is just a class that sets them in __init__.
+"""
+from __future__ import annotations
+
+from typing import Any, Iterator, Sequence
+
+import numpy as np
+
+from .tensor import Function, Tensor, _const, is_grad_enabled, name_scope
+
+
+class Module:
+    """Base class: parameters, train/eval mode, and a state_dict of plain arrays."""
+
+    training = True
+
+    def forward(self, *args: Any) -> Tensor:
+        raise NotImplementedError
+
+    def __call__(self, *args: Any) -> Tensor:
+        label = self.scope_label()
+        if label is None:
+            return self.forward(*args)
+        with name_scope(label):  # lets the graph picture box this module's ops together
+            return self.forward(*args)
+
+    def scope_label(self) -> str | None:
+        """The label of this module's box in the graph picture; None for no box."""
+        return type(self).__name__
+
+    def children(self) -> Iterator[tuple[str, Module]]:
+        for name, value in vars(self).items():
+            if isinstance(value, Module):
+                yield name, value
+            elif isinstance(value, (list, tuple)):
+                yield from ((f"{name}.{i}", m) for i, m in enumerate(value) if isinstance(m, Module))
+
+    def named_parameters(self, prefix: str = "") -> Iterator[tuple[str, Tensor]]:
+        for name, value in vars(self).items():
+            if isinstance(value, Tensor) and value.requires_grad:
+                yield prefix + name, value
+        for name, child in self.children():
+            yield from child.named_parameters(f"{prefix}{name}.")
+
+    def parameters(self) -> list[Tensor]:
+        return [p for _, p in self.named_parameters()]
+
+    def zero_grad(self) -> None:
+        for p in self.parameters():
+            p.grad = None
+
+    def train(self, mode: bool = True) -> Module:
+        self.training = mode
+        for _, child in self.children():
+            child.train(mode)
+        return self
+
+    def eval(self) -> Module:
+        return self.train(False)
+
+    def state_dict(self) -> dict[str, np.ndarray]:
+        return {name: p.data.copy() for name, p in self.named_parameters()}
+
+    def load_state_dict(self, state: dict[str, np.ndarray]) -> None:
+        """Copy arrays into the parameters; every name and shape must match exactly."""
+        params = dict(self.named_parameters())
+        missing, unexpected = sorted(set(params) - set(state)), sorted(set(state) - set(params))
+        if missing or unexpected:
+            raise KeyError(f"state_dict does not fit {type(self).__name__}: missing {missing}, "
+                           f"unexpected {unexpected}")
+        for name, p in params.items():
+            value = np.asarray(state[name])
+            if value.shape != p.shape:
+                raise ValueError(f"state_dict[{name!r}] has shape {value.shape}, "
+                                 f"the model's parameter has shape {p.shape}")
+            p.data = value.astype(p.dtype, copy=True)
+
+
+class Linear(Module):
+    """y = x @ weight + bias, weight stored (in, out) so the forward needs no transpose.
+
+    He/Kaiming init (std sqrt(2/in)) keeps activations' scale steady through ReLU layers.
+    """
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = True,
+                 rng: np.random.Generator | None = None, dtype: Any = np.float32):
+        rng = rng if rng is not None else np.random.default_rng()
+        self.in_features, self.out_features = in_features, out_features
+        w = rng.standard_normal((in_features, out_features)) * np.sqrt(2.0 / in_features)
+        self.weight = Tensor(w.astype(dtype), requires_grad=True, name="weight")
+        self.bias = Tensor(np.zeros(out_features, dtype), requires_grad=True, name="bias") \
+            if bias else None
+
+    def forward(self, x: Tensor) -> Tensor:
+        if x.shape[-1] != self.in_features:
+            raise ValueError(f"{self.scope_label()} expects inputs with {self.in_features} "
+                             f"features in the last axis, got shape {x.shape}")
+        y = x @ self.weight
+        return y + self.bias if self.bias is not None else y
+
+    def scope_label(self) -> str:
+        return f"Linear({self.in_features}→{self.out_features})"
+
+
+class ReLU(Module):
+    def forward(self, x: Tensor) -> Tensor:
+        return x.relu()
+
+    def scope_label(self) -> None:
+        return None
+
+
+class Dropout(Module):
+    """Zero each activation with probability p while training (scaling the rest by 1/(1-p)),
+    so the network cannot lean on any single unit; the identity in eval mode."""
+
+    def __init__(self, p: float = 0.5, rng: np.random.Generator | None = None):
+        if not 0 <= p < 1:
+            raise ValueError(f"Dropout probability must be in [0, 1), got {p}")
+        self.p, self.rng = p, rng if rng is not None else np.random.default_rng()
+
+    def forward(self, x: Tensor) -> Tensor:
+        if not self.training or self.p == 0:
+            return x
+        keep = (self.rng.random(x.shape) >= self.p).astype(x.dtype) / x.dtype.type(1 - self.p)
+        return x * _const(keep)
+
+    def scope_label(self) -> None:
+        return None
+
+
+class Sequential(Module):
+    def __init__(self, *layers: Module):
+        self.layers = list(layers)
+
+    def forward(self, x: Tensor) -> Tensor:
+        for layer in self.layers:
+            x = layer(x)
+        return x
+
+
+class MLP(Sequential):
+    """Linear layers of the given sizes with ReLU (and optional Dropout) between them."""
+
+    def __init__(self, sizes: Sequence[int], dropout: float = 0.0, seed: int | None = None):
+        if len(sizes) < 2 or any(int(n) < 1 for n in sizes):
+            raise ValueError(f"MLP sizes must be at least two positive ints (in, ..., out), "
+                             f"got {list(sizes)}")
+        rng = np.random.default_rng(seed)
+        self.sizes = [int(n) for n in sizes]
+        layers: list[Module] = []
+        for i, (n_in, n_out) in enumerate(zip(self.sizes, self.sizes[1:])):
+            layers.append(Linear(n_in, n_out, rng=rng))
+            if i < len(self.sizes) - 2:
+                layers.append(ReLU())
+                if dropout:
+                    layers.append(Dropout(dropout, rng=rng))
+        super().__init__(*layers)
+
+    def scope_label(self) -> str:
+        return "MLP(" + "-".join(map(str, self.sizes)) + ")"
+
+
+class CrossEntropy(Function):
+    """Mean of -log softmax(logits)[label], fused into one op: log-sum-exp keeps it finite
+    for any logits, and the gradient is simply (softmax - onehot) / N."""
+
+    def forward(ctx, logits, labels):
+        z = logits.data
+        shifted = z - z.max(axis=1, keepdims=True)
+        logp = shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
+        ctx.save(logits, labels, np.exp(logp))
+        return np.asarray(-logp[np.arange(len(labels)), labels].mean(), dtype=z.dtype)
+
+    def backward(ctx, out, g):
+        logits, labels, probs = ctx.saved
+        onehot = np.zeros_like(probs)
+        onehot[np.arange(len(labels)), labels] = 1
+        # reuse the forward's softmax, unless the gradient itself must be differentiable
+        p = logits.softmax(axis=1) if is_grad_enabled() else _const(probs)
+        return (p - _const(onehot)) * (g / len(labels))
+
+
+def cross_entropy(logits: Tensor, labels: Any) -> Tensor:
+    """Softmax cross-entropy of (N, C) logits against N integer class labels, batch mean."""
+    if not isinstance(logits, Tensor) or logits.ndim != 2:
+        raise ValueError(f"cross_entropy expects logits as a Tensor of shape (N, C), got "
+                         f"{getattr(logits, 'shape', type(logits).__name__)}")
+    y = np.asarray(labels.data if isinstance(labels, Tensor) else labels)
+    if y.dtype.kind == "f" and np.all(y == np.round(y)):
+        y = y.astype(np.int64)  # Tensor(labels) turns ints into floats; accept whole numbers
+    n, c = logits.shape
+    if y.dtype.kind not in "iu" or y.shape != (n,):
+        raise ValueError(f"cross_entropy expects {n} integer labels, shape ({n},), got dtype "
+                         f"{y.dtype} and shape {y.shape}")
+    if y.size and (y.min() < 0 or y.max() >= c):
+        raise ValueError(f"cross_entropy labels must be in [0, {c}), got values from "
+                         f"{y.min()} to {y.max()}")
+    return CrossEntropy.apply(logits, labels=y)
