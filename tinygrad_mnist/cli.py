@@ -1,0 +1,175 @@
+"""`tinygrad-mnist`: train, evaluate, predict and draw the graph from the command line.
+
+Mistakes a user can make (a bad flag, a missing file) end in one clear line and a
+non-zero exit, never a traceback.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+
+
+
+def _hidden(text: str) -> tuple[int, ...]:
+    try:
+        sizes = tuple(int(s) for s in text.split(",") if s.strip())
+    except ValueError:
+        sizes = ()
+    if not sizes or min(sizes) < 1:
+        raise argparse.ArgumentTypeError(f"expected comma-separated positive layer sizes like "
+                                         f"512,256, got {text!r}")
+    return sizes
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from .train import TrainConfig
+    d = TrainConfig()
+    parser = argparse.ArgumentParser(
+        prog="tinygrad-mnist", description="Train and inspect an MNIST MLP built on "
+        "tinygrad_mnist's own autodiff engine.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def data_flag(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--data-dir", help="directory with the MNIST files (default: "
+                       "$TINYGRAD_MNIST_DATA, else the user cache, downloading if needed)")
+
+    t = sub.add_parser("train", help="train the MLP on MNIST",
+                       description="Train the MLP; checkpoints, metrics and pictures go to the "
+                       "run directory.")
+    t.add_argument("--epochs", type=_positive_int, default=d.epochs)
+    t.add_argument("--batch-size", type=_positive_int, default=d.batch_size)
+    t.add_argument("--optimizer", choices=["sgd", "adam"], default=d.optimizer)
+    t.add_argument("--lr", type=float, default=d.lr, help="peak learning rate")
+    t.add_argument("--momentum", type=float, default=d.momentum)
+    t.add_argument("--weight-decay", type=float, default=d.weight_decay)
+    t.add_argument("--schedule", choices=["cosine", "step", "none"], default=d.schedule)
+    t.add_argument("--hidden", type=_hidden, default=d.hidden,
+                   help="hidden layer sizes, comma-separated (default %(default)s)")
+    t.add_argument("--dropout", type=float, default=d.dropout)
+    t.add_argument("--seed", type=int, default=d.seed)
+    t.add_argument("--val-size", type=int, default=d.val_size,
+                   help="training examples held out for validation")
+    t.add_argument("--train-limit", type=_positive_int, default=None,
+                   help="train on the first N examples only (a quick run)")
+    t.add_argument("--run-dir", default="runs/mnist", help="where checkpoints, metrics and "
+                   "pictures go (default %(default)s)")
+    t.add_argument("--resume", action="store_true", help="continue from the run dir's checkpoint")
+    t.add_argument("--no-progress", action="store_true", help="no progress bar")
+    t.add_argument("--no-plots", action="store_true", help="skip the pictures")
+    data_flag(t)
+
+    e = sub.add_parser("eval", help="accuracy of a checkpoint on the test set",
+                       description="Evaluate a checkpoint on the validation and test sets.")
+    e.add_argument("checkpoint", help="a checkpoint.npz written by `train`")
+    data_flag(e)
+
+    p = sub.add_parser("predict", help="predict test digits and plot them",
+                       description="Print and plot test digits with true label and prediction.")
+    p.add_argument("checkpoint", help="a checkpoint.npz written by `train`")
+    p.add_argument("--count", type=_positive_int, default=16, help="how many digits")
+    p.add_argument("--start", type=int, default=0, help="index of the first test digit")
+    p.add_argument("--out", default="predictions.png", help="PNG to write (default %(default)s)")
+    data_flag(p)
+
+    g = sub.add_parser("graph", help="draw the MLP's loss graph for one batch",
+                       description="Render the computation graph of the MLP's loss for one "
+                       "small batch (.svg, .png, .pdf, or .gv for the DOT source).")
+    g.add_argument("--out", default="mlp_graph.svg", help="output file (default %(default)s)")
+    g.add_argument("--batch-size", type=_positive_int, default=4)
+    g.add_argument("--hidden", type=_hidden, default=(16,), help="hidden sizes (default 16)")
+    data_flag(g)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return {"train": _train, "eval": _eval, "predict": _predict, "graph": _graph}[
+            args.command](args)
+    except KeyboardInterrupt:
+        return 130
+    except (OSError, ValueError, RuntimeError) as e:  # user-facing problems: one clear line
+        print(f"tinygrad-mnist {args.command}: error: {e}", file=sys.stderr)
+        return 1
+
+
+def _train(args: argparse.Namespace) -> int:
+    from .train import TrainConfig, train
+    config = TrainConfig(hidden=args.hidden, epochs=args.epochs, batch_size=args.batch_size,
+                         optimizer=args.optimizer, lr=args.lr, momentum=args.momentum,
+                         weight_decay=args.weight_decay, schedule=args.schedule,
+                         dropout=args.dropout, seed=args.seed, val_size=args.val_size,
+                         train_limit=args.train_limit)
+    train(config, args.run_dir, data_dir=args.data_dir, resume=args.resume,
+          progress=not args.no_progress, plots=not args.no_plots)
+    return 0
+
+
+def _load(args: argparse.Namespace):
+    from .data import load_mnist
+    from .train import load_checkpoint
+    ckpt = load_checkpoint(args.checkpoint)
+    return ckpt, load_mnist(args.data_dir, val_size=ckpt.config.val_size, seed=ckpt.config.seed)
+
+
+def _eval(args: argparse.Namespace) -> int:
+    from .train import evaluate
+    ckpt, data = _load(args)
+    print(f"checkpoint {args.checkpoint}: MLP {ckpt.model.sizes}, {ckpt.epoch} epochs")
+    for split, x, y in [("validation", data.val_x, data.val_y), ("test", data.test_x, data.test_y)]:
+        if len(x):
+            loss, acc = evaluate(ckpt.model, x, y)
+            print(f"{split:10s} accuracy {100 * acc:.2f}%  loss {loss:.4f}  ({len(x)} digits)")
+    return 0
+
+
+def _predict(args: argparse.Namespace) -> int:
+    from .plots import plot_predictions
+    from .train import predict_proba
+    ckpt, data = _load(args)
+    if not 0 <= args.start < len(data.test_x):
+        raise ValueError(f"--start must be in [0, {len(data.test_x)}), got {args.start}")
+    sl = slice(args.start, args.start + args.count)
+    probs = predict_proba(ckpt.model, data.test_x[sl])
+    preds, labels = probs.argmax(axis=1), data.test_y[sl]
+    for i, (label, pred, p) in enumerate(zip(labels, preds, probs.max(axis=1))):
+        mark = "" if label == pred else "   <-- wrong"
+        print(f"test digit {args.start + i:5d}: true {label}  predicted {pred} ({100 * p:.1f}%){mark}")
+    print(f"{int((preds == labels).sum())}/{len(labels)} right")
+    out = plot_predictions(data.test_x[sl], labels, preds, args.out, probs=probs.max(axis=1),
+                           title=f"test digits {args.start}–{args.start + len(labels) - 1}: "
+                                 f"true label and prediction")
+    print(f"picture: {out}")
+    return 0
+
+
+def _graph(args: argparse.Namespace) -> int:
+    from .data import load_mnist
+    from .graph import draw_graph
+    from .nn import MLP, cross_entropy
+    from .tensor import Tensor
+    data = load_mnist(args.data_dir, val_size=0)
+    model = MLP([784, *args.hidden, 10], seed=0)
+    loss = cross_entropy(model(Tensor(data.test_x[:args.batch_size])), data.test_y[:args.batch_size])
+    loss.name = "loss"
+    loss.backward()
+    draw_graph(loss, path=args.out)
+    print(f"graph of the loss of MLP {model.sizes} on a batch of {args.batch_size}: {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
