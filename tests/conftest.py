@@ -47,7 +47,18 @@ def dot_binary():
 
 @pytest.fixture(scope="session")
 def mnist_dir() -> Path:
-    """The directory with the real MNIST files: $TINYGRAD_MNIST_DATA or ../shared/data/mnist."""
-    d = Path(os.environ.get("TINYGRAD_MNIST_DATA", DEFAULT_MNIST))
+    """The real MNIST files: $TINYGRAD_MNIST_DATA, else ../shared/data/mnist beside the
+    project, else the user cache (downloaded there once, with checksums, if missing)."""
+    if "TINYGRAD_MNIST_DATA" in os.environ:
+        d = Path(os.environ["TINYGRAD_MNIST_DATA"])
+    elif (DEFAULT_MNIST / "train-images-idx3-ubyte.gz").exists():
+        d = DEFAULT_MNIST
+    else:
+        from tinygrad_mnist.data import MNISTError, default_cache_dir, download_mnist
+        d = default_cache_dir()
+        try:
+            download_mnist(d)
+        except MNISTError:
+            pass
     require((d / "train-images-idx3-ubyte.gz").exists(), f"MNIST files in {d}")
     return d

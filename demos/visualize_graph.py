@@ -1,0 +1,67 @@
+"""Draw two computation graphs after backward(): a scalar expression and a small MLP's loss.
+
+    python demos/visualize_graph.py [--out-dir graphs]
+
+Writes expression.{svg,png,gv} and mlp_loss.{svg,png,gv}; needs the Graphviz `dot` program.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout, no install
+
+from tinygrad_mnist import Tensor, name_scope  # noqa: E402
+from tinygrad_mnist.graph import draw_graph, render_to  # noqa: E402
+
+
+def expression() -> Tensor:
+    """e = tanh(a*b + a), the smallest graph with a shared input."""
+    a = Tensor(2.0, requires_grad=True, name="a")
+    b = Tensor(-3.0, requires_grad=True, name="b")
+    e = (a * b + a).tanh()
+    e.name = "e"
+    e.backward()
+    return e
+
+
+def linear(x: Tensor, n_in: int, n_out: int, rng: np.random.Generator, tag: str) -> Tensor:
+    """x @ W + b in a name_scope, as the nn module's Linear records it."""
+    W = Tensor((rng.standard_normal((n_in, n_out)) / np.sqrt(n_in)).astype(np.float32),
+               requires_grad=True, name=f"W{tag}")
+    b = Tensor(np.zeros(n_out, np.float32), requires_grad=True, name=f"b{tag}")
+    with name_scope(f"Linear({n_in}→{n_out})"):
+        return x @ W + b
+
+
+def mlp_loss(batch: int = 4, seed: int = 0) -> Tensor:
+    """Cross-entropy of a 784→16→10 MLP on a random batch (no MNIST needed)."""
+    rng = np.random.default_rng(seed)
+    x = Tensor(rng.random((batch, 784), dtype=np.float32), name="x (images)")
+    labels = rng.integers(0, 10, batch)
+    h = linear(x, 784, 16, rng, "1").relu()
+    logits = linear(h, 16, 10, rng, "2")
+    with name_scope("CrossEntropy"):
+        picked = logits.log_softmax(axis=1)[np.arange(batch), labels]
+        loss = -picked.mean()
+    loss.name = "loss"
+    loss.backward()
+    return loss
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out-dir", type=Path, default=Path("graphs"),
+                        help="where to write the pictures (default: ./graphs)")
+    args = parser.parse_args(argv)
+    for stem, root in (("expression", expression()), ("mlp_loss", mlp_loss())):
+        dot = draw_graph(root, path=args.out_dir / f"{stem}.svg")
+        render_to(dot, args.out_dir / f"{stem}.png")
+        print(f"{stem}: {args.out_dir / stem}.svg, .png and .gv")
+
+
+if __name__ == "__main__":
+    main()
