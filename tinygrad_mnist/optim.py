@@ -125,7 +125,7 @@ class StepLR:
     def __init__(self, lr: float, step_size: int, gamma: float = 0.1):
         self.lr, self.step_size, self.gamma = lr, step_size, gamma
 
-    def __call__(self, epoch: int) -> float:
+    def __call__(self, epoch: float) -> float:
         return self.lr * self.gamma ** (epoch // self.step_size)
 
 
@@ -135,5 +135,5 @@ class CosineLR:
     def __init__(self, lr: float, epochs: int, min_lr: float = 0.0):
         self.lr, self.epochs, self.min_lr = lr, epochs, min_lr
 
-    def __call__(self, epoch: int) -> float:
+    def __call__(self, epoch: float) -> float:
         return self.min_lr + (self.lr - self.min_lr) * 0.5 * (1 + math.cos(math.pi * epoch / self.epochs))

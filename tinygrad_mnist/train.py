@@ -80,8 +80,9 @@ def build_optimizer(config: TrainConfig, model: Module) -> Optimizer:
                nesterov=config.momentum > 0, weight_decay=config.weight_decay)
 
 
-def lr_schedule(config: TrainConfig) -> Callable[[int], float]:
-    """Learning rate for a (0-based) epoch."""
+def lr_schedule(config: TrainConfig) -> Callable[[float], float]:
+    """Learning rate at a point of the run, in (fractional, 0-based) epochs: cosine decays
+    every step, so even a one-epoch run ends with a small, settling learning rate."""
     if config.schedule == "cosine":
         return CosineLR(config.lr, config.epochs)
     if config.schedule == "step":
@@ -141,8 +142,8 @@ def train(config: TrainConfig, run_dir: str | os.PathLike, data: MNIST | None = 
     epoch = start_epoch
     try:
         for epoch in range(start_epoch, config.epochs):
-            row = _train_epoch(model, optimizer, config, epoch, schedule(epoch), train_x,
-                               train_y, progress)
+            row = _train_epoch(model, optimizer, config, epoch, schedule, train_x, train_y,
+                               progress)
             row["val_loss"], row["val_acc"] = evaluate(model, data.val_x, data.val_y) \
                 if len(data.val_x) else (float("nan"), float("nan"))
             history.append(row)
@@ -173,9 +174,9 @@ def train(config: TrainConfig, run_dir: str | os.PathLike, data: MNIST | None = 
 
 
 def _train_epoch(model: Module, optimizer: Optimizer, config: TrainConfig, epoch: int,
-                 lr: float, x: np.ndarray, y: np.ndarray, progress: bool) -> dict[str, Any]:
+                 schedule: Callable[[float], float], x: np.ndarray, y: np.ndarray,
+                 progress: bool) -> dict[str, Any]:
     start = time.perf_counter()
-    optimizer.lr = lr
     model.train()
     rng = np.random.default_rng([config.seed, epoch])
     for m in _dropouts(model):
@@ -189,6 +190,7 @@ def _train_epoch(model: Module, optimizer: Optimizer, config: TrainConfig, epoch
     loss_sum, correct, seen = 0.0, 0, 0
     for step, i in enumerate(bar if bar is not None else batches):
         idx = order[i:i + config.batch_size]
+        optimizer.lr = schedule(epoch + step / len(batches))
         logits = model(Tensor(x[idx]))
         loss = cross_entropy(logits, y[idx])
         value = loss.item()
@@ -207,7 +209,7 @@ def _train_epoch(model: Module, optimizer: Optimizer, config: TrainConfig, epoch
     if bar is not None:
         bar.close()
     return {"epoch": epoch + 1, "train_loss": loss_sum / seen, "train_acc": correct / seen,
-            "lr": lr, "seconds": time.perf_counter() - start}
+            "lr": schedule(epoch), "seconds": time.perf_counter() - start}
 
 
 def _dropouts(module: Module):

@@ -1,0 +1,205 @@
+"""The pictures: each plot writes a real PNG atomically, marks what it promises, and rejects bad input.
+
+Small synthetic data only (random 28x28 images); no MNIST needed.
+"""
+import matplotlib.image
+import numpy as np
+import pytest
+from matplotlib.colors import to_rgba
+from matplotlib.figure import Figure
+
+from tinygrad_mnist import plots
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+RED, BLACK = to_rgba(plots.WRONG_COLOR), to_rgba(plots.RIGHT_COLOR)
+
+
+@pytest.fixture
+def data():
+    """12 random flat images, their labels, and predictions wrong at indices 2 and 5."""
+    rng = np.random.default_rng(0)
+    images = rng.random((12, 784), dtype=np.float32)
+    labels = rng.integers(0, 10, 12)
+    preds = labels.copy()
+    preds[[2, 5]] = (labels[[2, 5]] + 1) % 10
+    return images, labels, preds
+
+
+def history(epochs: int) -> list[dict]:
+    return [dict(epoch=e, train_loss=1.0 / e, train_acc=0.9 + 0.005 * e, val_loss=1.2 / e,
+                 val_acc=0.88 + 0.005 * e, lr=0.1, seconds=2.0) for e in range(1, epochs + 1)]
+
+
+def assert_png(path) -> None:
+    """The file starts with the PNG signature and decodes to an RGB(A) image."""
+    assert path.read_bytes()[:8] == PNG_SIGNATURE
+    pixels = matplotlib.image.imread(path)
+    assert pixels.ndim == 3 and pixels.shape[2] in (3, 4) and min(pixels.shape[:2]) > 50
+
+
+def test_every_plot_writes_a_png_creating_its_directory(tmp_path, data):
+    images, labels, preds = data
+    probs = np.eye(10)[preds] * 0.9 + 0.01
+    out = tmp_path / "new" / "dir"
+    written = [
+        plots.plot_learning_curves(history(3), out / "curves.png"),
+        plots.plot_predictions(images, labels, preds, out / "preds.png", probs=probs.max(1), title="t"),
+        plots.plot_confusion_matrix(labels, preds, str(out / "confusion.png")),
+        plots.plot_confident_mistakes(images, labels, probs, out / "mistakes.png", k=4),
+        plots.plot_first_layer_weights(np.random.default_rng(1).normal(size=(784, 5)), out / "w.png"),
+    ]
+    for name, path in zip(["curves", "preds", "confusion", "mistakes", "w"], written):
+        assert path == out / f"{name}.png"
+        assert_png(path)
+    # atomic writes leave nothing else behind: no temporary files
+    assert sorted(p.name for p in out.iterdir()) == sorted(p.name for p in written)
+
+
+def test_failed_write_keeps_the_old_file_and_leaves_no_temp_file(tmp_path, data, monkeypatch):
+    images, labels, preds = data
+    path = plots.plot_confusion_matrix(labels, preds, tmp_path / "c.png")
+    before = path.read_bytes()
+
+    def broken_savefig(self, f, **kwargs):
+        f.write(b"half a picture")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(Figure, "savefig", broken_savefig)
+    with pytest.raises(OSError, match="disk full"):
+        plots.plot_confusion_matrix(labels, preds, path)
+    assert path.read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir()] == ["c.png"]
+
+
+def test_confusion_matrix_hand_made_example():
+    counts = plots.confusion_matrix(np.array([0, 1, 1, 2]), np.array([0, 1, 2, 2]), n_classes=3)
+    np.testing.assert_array_equal(counts, [[1, 0, 0], [0, 1, 1], [0, 0, 1]])
+    assert counts.dtype == np.int64
+    wider = plots.confusion_matrix([0, 1, 1, 2], [0, 1, 2, 2], n_classes=4)
+    np.testing.assert_array_equal(wider[:3, :3], counts)
+    assert wider[3].sum() == wider[:, 3].sum() == 0
+
+
+def test_confusion_matrix_agrees_with_counting_one_by_one():
+    rng = np.random.default_rng(2)
+    labels, preds = rng.integers(0, 10, 500), rng.integers(0, 10, 500)
+    expected = np.zeros((10, 10), dtype=np.int64)
+    for t, p in zip(labels, preds):
+        expected[t, p] += 1
+    np.testing.assert_array_equal(plots.confusion_matrix(labels, preds), expected)
+
+
+def test_confusion_figure_labels_axes_and_reports_accuracy():
+    fig = plots._confusion_figure(np.array([0, 1, 1, 2]), np.array([0, 1, 2, 2]), 3)
+    ax = fig.axes[0]
+    assert (ax.get_xlabel(), ax.get_ylabel()) == ("predicted label", "true label")
+    assert "75.00%" in ax.get_title()
+    cells = {t.get_text() for t in ax.texts}
+    assert len(ax.texts) == 9 and cells == {"0", "1"}
+
+
+def test_predictions_mark_mistakes_in_red(data):
+    images, labels, preds = data
+    fig = plots._predictions_figure(images.reshape(-1, 28, 28), labels, preds, ncols=5)
+    axes = fig.axes
+    assert len(axes) == 15  # 3 rows of 5; the 3 cells past the 12 images are hidden
+    assert [ax.axison for ax in axes] == [True] * 12 + [False] * 3
+    for i, ax in enumerate(axes[:12]):
+        wrong = i in (2, 5)
+        assert ax.title.get_text() == f"true {labels[i]} · pred {preds[i]}"
+        assert to_rgba(ax.title.get_color()) == (RED if wrong else BLACK)
+        assert (to_rgba(ax.spines["left"].get_edgecolor()) == RED) == wrong
+        assert ax.get_xticks().size == ax.get_yticks().size == 0
+
+
+def test_predictions_show_dark_digits_on_white_and_confidence(data):
+    images, labels, preds = data
+    fig = plots._predictions_figure(images[:2], labels[:2], preds[:2], probs=np.array([0.994, 0.5]))
+    assert fig.axes[0].title.get_text() == f"true {labels[0]} · pred {preds[0]} (99%)"
+    assert fig.axes[1].title.get_text().endswith(" (50%)")
+    image = fig.axes[0].images[0]
+    assert image.get_cmap().name == "gray_r" and image.get_clim() == (0.0, 1.0)
+
+
+def test_confident_mistake_indices_pick_the_surest_wrong_predictions():
+    labels = np.array([0, 1, 2, 0, 1])
+    probs = np.array([[0.9, 0.1, 0.0],    # right
+                      [0.7, 0.3, 0.0],    # wrong, 0.7
+                      [0.05, 0.95, 0.0],  # wrong, 0.95
+                      [0.2, 0.0, 0.8],    # wrong, 0.8
+                      [0.0, 1.0, 0.0]])   # right
+    np.testing.assert_array_equal(plots._confident_mistake_indices(labels, probs, 2), [2, 3])
+    np.testing.assert_array_equal(plots._confident_mistake_indices(labels, probs, 10), [2, 3, 1])
+    assert plots._confident_mistake_indices(labels[[0, 4]], probs[[0, 4]], 3).size == 0
+
+
+def test_confident_mistakes_plot_titles_and_the_no_mistakes_case(tmp_path, data, monkeypatch):
+    images, labels, _ = data
+    probs = np.full((12, 10), 0.01)
+    probs[np.arange(12), labels] = 0.91
+    assert_png(plots.plot_confident_mistakes(images, labels, probs, tmp_path / "none.png"))
+    saved = []
+    monkeypatch.setattr(plots, "_save", lambda fig, path: saved.append(fig) or path)
+    plots.plot_confident_mistakes(images, labels, probs, tmp_path / "none.png")
+    assert [t.get_text() for t in saved[0].texts] == ["no mistakes: all 12 predictions are right"]
+
+    probs[3], probs[7] = 0.0, 0.0
+    probs[3, (labels[3] + 1) % 10], probs[3, labels[3]] = 0.97, 0.03
+    probs[7, (labels[7] + 2) % 10], probs[7, labels[7]] = 0.6, 0.4
+    plots.plot_confident_mistakes(images, labels, probs, tmp_path / "m.png", k=16)
+    titles = [ax.title.get_text() for ax in saved[1].axes if ax.axison]
+    assert titles == [f"true {labels[3]} · pred {(labels[3] + 1) % 10} (97%)",
+                      f"true {labels[7]} · pred {(labels[7] + 2) % 10} (60%)"]
+
+
+@pytest.mark.parametrize("epochs", [1, 4])
+def test_learning_curves_plot_loss_and_accuracy_in_percent(epochs):
+    fig = plots._learning_curves_figure(history(epochs))
+    loss_ax, acc_ax = fig.axes
+    rows = history(epochs)
+    train_acc, val_acc = (line.get_ydata() for line in acc_ax.lines)
+    np.testing.assert_allclose(train_acc, [100 * r["train_acc"] for r in rows])
+    np.testing.assert_allclose(val_acc, [100 * r["val_acc"] for r in rows])
+    np.testing.assert_allclose(loss_ax.lines[1].get_ydata(), [r["val_loss"] for r in rows])
+    for ax in (loss_ax, acc_ax):
+        assert [t.get_text() for t in ax.get_legend().get_texts()] == ["train", "validation"]
+        assert all(line.get_marker() not in (None, "None", "") for line in ax.lines)
+        ticks = [t for t in ax.get_xticks() if ax.get_xlim()[0] <= t <= ax.get_xlim()[1]]
+        assert ticks and all(float(t).is_integer() for t in ticks)
+
+
+def test_first_layer_weights_symmetric_colours_per_unit():
+    weight = np.random.default_rng(3).normal(size=(784, 6))
+    weight[:, 4] = 0.0  # a dead unit must not break the colour scale
+    fig = plots._weights_figure(weight, n=5)
+    shown = [ax for ax in fig.axes if ax.axison]
+    assert [ax.title.get_text() for ax in shown] == [f"unit {i}" for i in range(5)]
+    for unit, ax in enumerate(shown):
+        bound = np.abs(weight[:, unit]).max() or 1.0
+        assert ax.images[0].get_clim() == pytest.approx((-bound, bound))
+        np.testing.assert_array_equal(ax.images[0].get_array(), weight[:, unit].reshape(28, 28))
+    assert sum(ax.axison for ax in plots._weights_figure(weight, n=None).axes) == 6
+    assert sum(ax.axison for ax in plots._weights_figure(weight, n=100).axes) == 6
+
+
+@pytest.mark.parametrize("call, message", [
+    (lambda d, p: plots.plot_predictions(d[0][:, :700], d[1], d[2], p), r"\(N, 784\) or \(N, 28, 28\)"),
+    (lambda d, p: plots.plot_predictions(d[0][:0], d[1][:0], d[2][:0], p), "images is empty"),
+    (lambda d, p: plots.plot_predictions(d[0], d[1][:5], d[2], p), r"labels must be 1-D .* \(12,\)"),
+    (lambda d, p: plots.plot_predictions(d[0], d[1], d[2], p, probs=np.ones(3)), "probs must be"),
+    (lambda d, p: plots.plot_predictions(d[0], d[1], d[2], p, ncols=0), "ncols must be a positive"),
+    (lambda d, p: plots.plot_confusion_matrix(d[1], d[2][:3], p), "same length"),
+    (lambda d, p: plots.plot_confusion_matrix(d[1], d[2] + 10, p), r"preds must lie in \[0, 10\)"),
+    (lambda d, p: plots.plot_confusion_matrix(d[1] * 0.5, d[2], p), "labels must be integer"),
+    (lambda d, p: plots.plot_confusion_matrix(d[1][:0], d[2][:0], p), "labels is empty"),
+    (lambda d, p: plots.plot_confident_mistakes(d[0], d[1], np.ones(12), p), r"probs must be \(N, n_classes\)"),
+    (lambda d, p: plots.plot_confident_mistakes(d[0], d[1], np.ones((12, 10)), p, k=0), "k must be"),
+    (lambda d, p: plots.plot_first_layer_weights(np.ones((10, 784)), p), r"weight must be \(784, H\)"),
+    (lambda d, p: plots.plot_first_layer_weights(np.ones((784, 3)), p, n=-1), "n must be a positive"),
+    (lambda d, p: plots.plot_learning_curves([], p), "history is empty"),
+    (lambda d, p: plots.plot_learning_curves([{"epoch": 1, "train_loss": 1.0}], p), r"lacks \['train_acc'"),
+])
+def test_bad_input_raises_value_error_and_writes_nothing(tmp_path, data, call, message):
+    with pytest.raises(ValueError, match=message):
+        call(data, tmp_path / "x.png")
+    assert list(tmp_path.iterdir()) == []

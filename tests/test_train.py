@@ -1,0 +1,177 @@
+"""The training loop on real MNIST: it learns, it is reproducible, and it keeps what it saved."""
+import dataclasses
+import json
+
+import numpy as np
+import pytest
+
+from tinygrad_mnist.data import load_mnist
+from tinygrad_mnist.train import (CheckpointError, TrainConfig, TrainingDiverged, evaluate,
+                                  load_checkpoint, train)
+import tinygrad_mnist.train as train_module
+
+
+@pytest.fixture(scope="module")
+def mnist(mnist_dir):
+    return load_mnist(mnist_dir, val_size=1000, seed=0)
+
+
+def quiet(*_):
+    pass
+
+
+SMALL = dict(hidden=(32,), batch_size=64, lr=0.05, val_size=1000, train_limit=3000)
+
+
+def test_short_real_run_learns(mnist, tmp_path):
+    config = TrainConfig(hidden=(64,), epochs=1, train_limit=20_000, val_size=1000)
+    summary = train(config, tmp_path, data=mnist, progress=False, plots=False, log=quiet)
+    history = json.loads((tmp_path / "metrics.json").read_text())
+    assert summary["test_acc"] >= 0.90  # 20k examples, one epoch, 784-64-10 (measured 0.911)
+    assert history[0]["val_acc"] >= 0.90
+    assert history[0]["train_loss"] < 0.7  # it starts at ln(10) = 2.3 (measured 0.51)
+    saved = json.loads((tmp_path / "summary.json").read_text())
+    assert saved["test_acc"] == summary["test_acc"]
+    assert (tmp_path / "metrics.csv").read_text().splitlines()[0].startswith("epoch,train_loss")
+
+
+def test_loss_goes_down_over_epochs(mnist, tmp_path):
+    config = TrainConfig(epochs=3, **SMALL)
+    train(config, tmp_path, data=mnist, progress=False, plots=False, log=quiet)
+    losses = [row["train_loss"] for row in json.loads((tmp_path / "metrics.json").read_text())]
+    assert losses[0] > losses[1] > losses[2]
+
+
+def _weights(run_dir):
+    return load_checkpoint(run_dir / "checkpoint.npz").model.state_dict()
+
+
+def _numbers(run_dir):
+    return [{k: v for k, v in row.items() if k != "seconds"}
+            for row in load_checkpoint(run_dir / "checkpoint.npz").history]
+
+
+def test_same_seed_same_numbers_and_other_seed_differs(mnist, tmp_path):
+    config = TrainConfig(epochs=1, dropout=0.2, **SMALL)
+    for name, cfg in [("a", config), ("b", config), ("c", dataclasses.replace(config, seed=1))]:
+        train(cfg, tmp_path / name, data=mnist, progress=False, plots=False, log=quiet)
+    a, b, c = (_weights(tmp_path / n) for n in "abc")
+    assert all(np.array_equal(a[k], b[k]) for k in a)
+    assert _numbers(tmp_path / "a") == _numbers(tmp_path / "b")
+    assert not np.array_equal(a["layers.0.weight"], c["layers.0.weight"])
+
+
+def _interrupt_at_call(monkeypatch, n):
+    """Make the n-th loss computation raise KeyboardInterrupt, as Ctrl-C would."""
+    real, calls = train_module.cross_entropy, {"n": 0}
+
+    def cross_entropy(logits, labels):
+        calls["n"] += 1
+        if calls["n"] == n:
+            raise KeyboardInterrupt
+        return real(logits, labels)
+
+    monkeypatch.setattr(train_module, "cross_entropy", cross_entropy)
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "adam"])
+def test_resume_gives_the_same_numbers_as_an_uninterrupted_run(mnist, tmp_path, monkeypatch,
+                                                               optimizer):
+    config = TrainConfig(epochs=3, optimizer=optimizer, dropout=0.1,
+                         **{**SMALL, "lr": 0.05 if optimizer == "sgd" else 1e-3})
+    train(config, tmp_path / "straight", data=mnist, progress=False, plots=False, log=quiet)
+    with monkeypatch.context() as m:
+        _interrupt_at_call(m, 60)  # 3000 / 64 = 47 steps an epoch: stop inside epoch 2
+        with pytest.raises(KeyboardInterrupt):
+            train(config, tmp_path / "resumed", data=mnist, progress=False, plots=False,
+                  log=quiet)
+    assert load_checkpoint(tmp_path / "resumed" / "checkpoint.npz").epoch == 1
+    train(config, tmp_path / "resumed", data=mnist, resume=True, progress=False, plots=False,
+          log=quiet)
+    straight, resumed = _weights(tmp_path / "straight"), _weights(tmp_path / "resumed")
+    assert all(np.array_equal(straight[k], resumed[k]) for k in straight)
+    assert _numbers(tmp_path / "straight") == _numbers(tmp_path / "resumed")
+
+
+def test_checkpoint_round_trip_gives_the_same_predictions(mnist, tmp_path):
+    config = TrainConfig(epochs=1, **SMALL)
+    summary = train(config, tmp_path, data=mnist, progress=False, plots=False, log=quiet)
+    ckpt = load_checkpoint(tmp_path / "checkpoint.npz")
+    assert ckpt.config == config and ckpt.epoch == 1
+    loss, acc = evaluate(ckpt.model, mnist.test_x, mnist.test_y)
+    assert acc == summary["test_acc"] and loss == pytest.approx(summary["test_loss"])
+
+
+def test_existing_run_dir_is_not_overwritten_without_resume(mnist, tmp_path):
+    config = TrainConfig(epochs=1, **SMALL)
+    train(config, tmp_path, data=mnist, progress=False, plots=False, log=quiet)
+    before = (tmp_path / "checkpoint.npz").read_bytes()
+    with pytest.raises(FileExistsError, match="--resume"):
+        train(config, tmp_path, data=mnist, progress=False, plots=False, log=quiet)
+    assert (tmp_path / "checkpoint.npz").read_bytes() == before
+    with pytest.raises(FileNotFoundError, match="no checkpoint"):
+        train(config, tmp_path / "empty", data=mnist, resume=True, log=quiet)
+
+
+def test_nan_loss_stops_clearly_and_keeps_the_last_good_checkpoint(mnist, tmp_path):
+    config = TrainConfig(epochs=2, **SMALL)
+    train(dataclasses.replace(config, epochs=1), tmp_path, data=mnist, progress=False,
+          plots=False, log=quiet)
+    good = (tmp_path / "checkpoint.npz").read_bytes()
+    poisoned = mnist.train_x.copy()
+    poisoned[:, 0] = np.nan
+    bad = dataclasses.replace(mnist, train_x=poisoned)
+    with pytest.raises(TrainingDiverged, match=r"loss became nan at epoch 2, step 1.*epoch 1"):
+        train(config, tmp_path, data=bad, resume=True, progress=False, plots=False, log=quiet)
+    assert (tmp_path / "checkpoint.npz").read_bytes() == good
+    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_ctrl_c_saves_the_weights_and_keeps_the_last_epoch(mnist, tmp_path, monkeypatch):
+    config = TrainConfig(epochs=2, **SMALL)
+    _interrupt_at_call(monkeypatch, 60)
+    lines = []
+    with pytest.raises(KeyboardInterrupt):
+        train(config, tmp_path, data=mnist, progress=False, plots=False, log=lines.append)
+    assert "interrupted during epoch 2" in lines[-1]
+    assert load_checkpoint(tmp_path / "checkpoint.npz").epoch == 1
+    partial = load_checkpoint(tmp_path / "interrupted.npz")
+    assert partial.epoch == 1
+    full = load_checkpoint(tmp_path / "checkpoint.npz").model.state_dict()
+    moved = partial.model.state_dict()
+    assert not np.array_equal(full["layers.0.weight"], moved["layers.0.weight"])
+
+
+def test_pictures_are_written_and_decode(mnist, tmp_path):
+    import matplotlib.image as mpimg
+    config = TrainConfig(epochs=1, **SMALL)
+    summary = train(config, tmp_path, data=mnist, progress=False, plots=True, log=quiet)
+    names = {p.split("/")[-1] for p in summary["pictures"]}
+    assert names == {"learning_curves.png", "predictions.png", "confusion_matrix.png",
+                     "confident_mistakes.png", "first_layer_weights.png"}
+    for name in names:
+        image = mpimg.imread(tmp_path / name)
+        assert image.ndim == 3 and image.shape[0] > 100 and image.shape[1] > 100
+
+
+@pytest.mark.parametrize("content", [b"", b"not a zip file", b"PK\x03\x04garbage"])
+def test_bad_checkpoint_file_is_a_clear_error(tmp_path, content):
+    path = tmp_path / "checkpoint.npz"
+    path.write_bytes(content)
+    with pytest.raises(CheckpointError, match="not a readable tinygrad_mnist checkpoint"):
+        load_checkpoint(path)
+
+
+def test_npz_that_is_not_a_checkpoint_is_refused(tmp_path):
+    np.savez(tmp_path / "other.npz", x=np.zeros(3))
+    with pytest.raises(CheckpointError, match="other.npz"):
+        load_checkpoint(tmp_path / "other.npz")
+    with pytest.raises(FileNotFoundError, match="missing.npz"):
+        load_checkpoint(tmp_path / "missing.npz")
+
+
+@pytest.mark.parametrize("bad", [dict(epochs=0), dict(lr=-1.0), dict(optimizer="rmsprop"),
+                                 dict(schedule="linear"), dict(hidden=(0,)), dict(batch_size=0)])
+def test_bad_config_is_refused(bad):
+    with pytest.raises(ValueError, match="bad training config"):
+        TrainConfig(**bad)

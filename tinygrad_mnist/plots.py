@@ -1,0 +1,302 @@
+"""Pictures of a training run: learning curves, predictions, confusion matrix, mistakes, weights.
+
+Figures are built as plain `matplotlib.figure.Figure` objects rendered by Agg, never through
+pyplot: no global figure registry to leak or close, no display needed, and safe to call from
+any thread. Each `plot_*` function writes its PNG atomically (temporary file in the same
+directory, then `os.replace`), so a crash never leaves a half-written picture behind, and
+returns the path. The `_*_figure` helpers return the unsaved Figure so tests can inspect it.
+"""
+import math
+import os
+import tempfile
+from contextlib import suppress
+from pathlib import Path
+
+import numpy as np
+from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
+
+SIDE = 28  # MNIST images are 28x28
+WRONG_COLOR = "#d62728"  # red: a misclassified digit
+RIGHT_COLOR = "black"
+_HISTORY_KEYS = ("epoch", "train_loss", "train_acc", "val_loss", "val_acc")
+
+
+# --------------------------------------------------------------------------- public API
+
+def confusion_matrix(labels: np.ndarray, preds: np.ndarray, n_classes: int = 10) -> np.ndarray:
+    """Counts (n_classes, n_classes) int64: row = true label, column = predicted label."""
+    labels, preds = _check_classes(labels, preds, n_classes)
+    flat = np.bincount(labels * n_classes + preds, minlength=n_classes * n_classes)
+    return flat.reshape(n_classes, n_classes).astype(np.int64)
+
+
+def plot_learning_curves(history: list[dict], path: str | os.PathLike) -> Path:
+    """Loss and accuracy per epoch, train against validation: shows over- and under-fitting.
+
+    Rows need "epoch" (1-based), "train_loss", "train_acc", "val_loss", "val_acc" (accuracies
+    in [0, 1]); other keys such as "lr" and "seconds" are ignored. A value of None (say, no
+    validation set) leaves a gap in its line.
+    """
+    return _save(_learning_curves_figure(history), path)
+
+
+def plot_predictions(images: np.ndarray, labels: np.ndarray, preds: np.ndarray,
+                     path: str | os.PathLike, probs: np.ndarray | None = None,
+                     title: str | None = None, ncols: int = 8) -> Path:
+    """A grid of digits titled "true 7 · pred 7", mistakes in red with a red frame.
+
+    `probs` (N,), if given, is the confidence of each prediction, shown as " (99%)".
+    """
+    return _save(_predictions_figure(images, labels, preds, probs, title, ncols), path)
+
+
+def plot_confusion_matrix(labels: np.ndarray, preds: np.ndarray, path: str | os.PathLike,
+                          n_classes: int = 10) -> Path:
+    """The confusion matrix with its count in every cell: shows which digits get mixed up."""
+    return _save(_confusion_figure(labels, preds, n_classes), path)
+
+
+def plot_confident_mistakes(images: np.ndarray, labels: np.ndarray, probs: np.ndarray,
+                            path: str | os.PathLike, k: int = 16) -> Path:
+    """The k mistakes the model was surest of: often mislabelled or truly ambiguous digits.
+
+    `probs` (N, n_classes) are softmax outputs; the prediction is their argmax.
+    """
+    images = _check_images(images)
+    labels, probs = _check_probs(labels, probs, len(images))
+    chosen = _confident_mistake_indices(labels, probs, k)
+    if len(chosen) == 0:
+        return _save(_message_figure(f"no mistakes: all {len(labels)} predictions are right"), path)
+    preds = probs.argmax(axis=1)
+    n_wrong = int(np.count_nonzero(preds != labels))
+    title = f"the {len(chosen)} most confident mistakes (of {n_wrong} in {len(labels)})"
+    fig = _predictions_figure(images[chosen], labels[chosen], preds[chosen],
+                              probs[chosen, preds[chosen]], title, ncols=8)
+    return _save(fig, path)
+
+
+def plot_first_layer_weights(weight: np.ndarray, path: str | os.PathLike,
+                             n: int | None = 64) -> Path:
+    """The first n hidden units' input weights as 28x28 images: the strokes each unit looks for.
+
+    `weight` is the first Linear layer's (784, H) matrix (stored in x out); n=None shows all H.
+    """
+    return _save(_weights_figure(weight, n), path)
+
+
+# --------------------------------------------------------------------------- figures
+
+def _learning_curves_figure(history: list[dict]) -> Figure:
+    """Two panels, loss and accuracy (%), each with train and validation lines."""
+    cols = _check_history(history)
+    epochs = cols["epoch"]
+    fig = Figure(figsize=(10, 4), layout="constrained")
+    loss_ax, acc_ax = fig.subplots(1, 2)
+    for ax, key, scale, ylabel in ((loss_ax, "loss", 1, "loss"), (acc_ax, "acc", 100, "accuracy (%)")):
+        ax.plot(epochs, cols[f"train_{key}"] * scale, "o-", ms=4, label="train")
+        ax.plot(epochs, cols[f"val_{key}"] * scale, "s-", ms=4, label="validation")
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(ylabel)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
+        ax.set_xlim(epochs.min() - 0.5, epochs.max() + 0.5)  # else one epoch gets ticks 0.95..1.05
+        ax.grid(alpha=0.3)
+        ax.legend()
+    loss_ax.set_title("loss")
+    acc_ax.set_title("accuracy")
+    last = cols["val_acc"][-1]
+    if np.isfinite(last):
+        fig.suptitle(f"after epoch {int(epochs[-1])}: validation accuracy {last:.2%}")
+    return fig
+
+
+def _predictions_figure(images: np.ndarray, labels: np.ndarray, preds: np.ndarray,
+                        probs: np.ndarray | None = None, title: str | None = None,
+                        ncols: int = 8) -> Figure:
+    """The grid behind `plot_predictions`; returned unsaved so its title colours can be checked."""
+    images = _check_images(images)
+    labels = _check_vector("labels", labels, len(images))
+    preds = _check_vector("preds", preds, len(images))
+    if probs is not None:
+        probs = _check_vector("probs", probs, len(images))
+    ncols = min(_check_positive_int("ncols", ncols), len(images))
+    nrows = math.ceil(len(images) / ncols)
+    fig = Figure(figsize=(1.65 * ncols, 1.6 * nrows + (0.4 if title else 0)), layout="constrained")
+    axes = fig.subplots(nrows, ncols, squeeze=False).ravel()
+    for i, ax in enumerate(axes):
+        if i >= len(images):
+            ax.set_axis_off()
+            continue
+        right = labels[i] == preds[i]
+        color = RIGHT_COLOR if right else WRONG_COLOR
+        text = f"true {int(labels[i])} · pred {int(preds[i])}"
+        if probs is not None:
+            text += f" ({probs[i]:.0%})"
+        _show_digit(ax, images[i])
+        ax.set_title(text, color=color, fontsize=8, fontweight="normal" if right else "bold")
+        for spine in ax.spines.values():
+            spine.set_color("lightgray" if right else WRONG_COLOR)
+            spine.set_linewidth(0.8 if right else 2.5)
+    if title:
+        fig.suptitle(title)
+    return fig
+
+
+def _confusion_figure(labels: np.ndarray, preds: np.ndarray, n_classes: int) -> Figure:
+    """Counts as a heat map with numbers, white on dark cells and black on light ones."""
+    counts = confusion_matrix(labels, preds, n_classes)
+    total = counts.sum()
+    if total == 0:
+        raise ValueError("labels is empty: there is no confusion matrix to plot")
+    fig = Figure(figsize=(1.0 + 0.6 * n_classes, 0.6 + 0.6 * n_classes), layout="constrained")
+    ax = fig.subplots()
+    ax.imshow(counts, cmap="Blues", vmin=0)
+    fontsize = 9 if n_classes <= 10 else 7
+    for (row, col), count in np.ndenumerate(counts):
+        ink = "white" if count > counts.max() / 2 else ("lightgray" if count == 0 else "black")
+        ax.text(col, row, str(count), ha="center", va="center", color=ink, fontsize=fontsize)
+    ax.set_xticks(range(n_classes))
+    ax.set_yticks(range(n_classes))
+    ax.set_xlabel("predicted label")
+    ax.set_ylabel("true label")
+    ax.set_title(f"confusion matrix: accuracy {np.trace(counts) / total:.2%} of {total}")
+    return fig
+
+
+def _weights_figure(weight: np.ndarray, n: int | None) -> Figure:
+    """One 28x28 image per unit, coloured symmetrically around 0 so the sign is visible."""
+    weight = np.asarray(weight)
+    if weight.ndim != 2 or weight.shape[0] != SIDE * SIDE:
+        raise ValueError(f"weight must be (784, H), the first Linear layer's in x out matrix, "
+                         f"got shape {weight.shape}")
+    if weight.shape[1] == 0:
+        raise ValueError("weight has no columns (H = 0): there are no units to plot")
+    hidden = weight.shape[1]
+    n = hidden if n is None else min(_check_positive_int("n", n), hidden)
+    ncols = math.ceil(math.sqrt(n))
+    nrows = math.ceil(n / ncols)
+    fig = Figure(figsize=(1.1 * ncols, 1.2 * nrows + 0.5), layout="constrained")
+    axes = fig.subplots(nrows, ncols, squeeze=False).ravel()
+    for unit, ax in enumerate(axes):
+        if unit >= n:
+            ax.set_axis_off()
+            continue
+        w = weight[:, unit].reshape(SIDE, SIDE)
+        bound = float(np.abs(w).max()) or 1.0
+        ax.imshow(w, cmap="RdBu_r", vmin=-bound, vmax=bound)
+        ax.set_xticks([])
+        ax.set_yticks([])
+        ax.set_title(f"unit {unit}", fontsize=7)
+    fig.suptitle(f"first-layer weights (units 0-{n - 1} of {hidden}; red = positive, blue = negative)")
+    return fig
+
+
+def _message_figure(message: str) -> Figure:
+    """A small picture that only says `message`, where the usual plot would be empty."""
+    fig = Figure(figsize=(5, 1.5))
+    fig.text(0.5, 0.5, message, ha="center", va="center", fontsize=12)
+    return fig
+
+
+def _show_digit(ax, image: np.ndarray) -> None:
+    """Dark ink on white paper, as a person writes a digit; fixed [0, 1] scale, no ticks."""
+    ax.imshow(image, cmap="gray_r", vmin=0.0, vmax=1.0, interpolation="nearest")
+    ax.set_xticks([])
+    ax.set_yticks([])
+
+
+# --------------------------------------------------------------------------- selection
+
+def _confident_mistake_indices(labels: np.ndarray, probs: np.ndarray, k: int) -> np.ndarray:
+    """Indices of the (at most) k wrong predictions with the highest predicted probability."""
+    k = _check_positive_int("k", k)
+    preds = probs.argmax(axis=1)
+    wrong = np.flatnonzero(preds != labels)
+    confidence = probs[wrong, preds[wrong]]
+    return wrong[np.argsort(-confidence, kind="stable")[:k]]
+
+
+# --------------------------------------------------------------------------- saving
+
+def _save(fig: Figure, path: str | os.PathLike) -> Path:
+    """Write `fig` as a PNG to `path` via a temporary file and `os.replace`, never half-written."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            fig.savefig(f, format="png", dpi=110)
+        os.chmod(tmp, 0o644)  # mkstemp makes it private; a picture is meant to be shared
+        os.replace(tmp, path)
+    except BaseException:
+        with suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+# --------------------------------------------------------------------------- input checks
+
+def _check_images(images: np.ndarray) -> np.ndarray:
+    """Images as (N, 28, 28), accepting the flat (N, 784) rows the model sees."""
+    images = np.asarray(images)
+    if images.ndim == 2 and images.shape[1] == SIDE * SIDE:
+        images = images.reshape(-1, SIDE, SIDE)
+    elif not (images.ndim == 3 and images.shape[1:] == (SIDE, SIDE)):
+        raise ValueError(f"images must be (N, 784) or (N, 28, 28), got shape {images.shape}")
+    if len(images) == 0:
+        raise ValueError("images is empty: there is nothing to plot")
+    return images
+
+
+def _check_positive_int(name: str, value: int) -> int:
+    """A count such as a number of columns: a (NumPy or Python) integer of at least 1."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    return int(value)
+
+
+def _check_vector(name: str, values: np.ndarray, n: int) -> np.ndarray:
+    """A 1-D array of length n, one entry per image."""
+    values = np.asarray(values)
+    if values.shape != (n,):
+        raise ValueError(f"{name} must be 1-D with one entry per image ({n},), "
+                         f"got shape {values.shape}")
+    return values
+
+
+def _check_classes(labels: np.ndarray, preds: np.ndarray, n_classes: int) -> tuple[np.ndarray, np.ndarray]:
+    """Integer class ids in [0, n_classes), labels and preds of the same length."""
+    n_classes = _check_positive_int("n_classes", n_classes)
+    labels, preds = np.asarray(labels), np.asarray(preds)
+    if labels.ndim != 1 or preds.shape != labels.shape:
+        raise ValueError(f"labels and preds must be 1-D of the same length, "
+                         f"got shapes {labels.shape} and {preds.shape}")
+    for name, values in (("labels", labels), ("preds", preds)):
+        if values.size and not np.issubdtype(values.dtype, np.integer):
+            raise ValueError(f"{name} must be integer class ids, got dtype {values.dtype}")
+        if values.size and (values.min() < 0 or values.max() >= n_classes):
+            raise ValueError(f"{name} must lie in [0, {n_classes}), "
+                             f"got values from {values.min()} to {values.max()}")
+    return labels.astype(np.int64), preds.astype(np.int64)
+
+
+def _check_probs(labels: np.ndarray, probs: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """labels (n,) and probs (n, n_classes), one row of class probabilities per image."""
+    labels = _check_vector("labels", labels, n)
+    probs = np.asarray(probs, dtype=float)
+    if probs.ndim != 2 or probs.shape[0] != n:
+        raise ValueError(f"probs must be (N, n_classes) with one row per image (N = {n}), "
+                         f"got shape {probs.shape}")
+    return labels, probs
+
+
+def _check_history(history: list[dict]) -> dict[str, np.ndarray]:
+    """The history rows as one float array per key; None (no value) becomes NaN, a gap."""
+    if not history:
+        raise ValueError("history is empty: need at least one epoch's row to plot")
+    for i, row in enumerate(history):
+        missing = [key for key in _HISTORY_KEYS if key not in row]
+        if missing:
+            raise ValueError(f"history row {i} lacks {missing}; each row needs {list(_HISTORY_KEYS)}")
+    return {key: np.array([row[key] for row in history], dtype=float) for key in _HISTORY_KEYS}
