@@ -71,12 +71,12 @@ class Module:
         if missing or unexpected:
             raise KeyError(f"state_dict does not fit {type(self).__name__}: missing {missing}, "
                            f"unexpected {unexpected}")
-        for name, p in params.items():
-            value = np.asarray(state[name])
-            if value.shape != p.shape:
-                raise ValueError(f"state_dict[{name!r}] has shape {value.shape}, "
+        for name, p in params.items():  # check everything first: a refused load changes nothing
+            if np.shape(state[name]) != p.shape:
+                raise ValueError(f"state_dict[{name!r}] has shape {np.shape(state[name])}, "
                                  f"the model's parameter has shape {p.shape}")
-            p.data = value.astype(p.dtype, copy=True)
+        for name, p in params.items():
+            p.data = np.asarray(state[name]).astype(p.dtype, copy=True)
 
 
 class Linear(Module):

@@ -6,6 +6,7 @@ in-place keeps training at one copy of the weights.
 from __future__ import annotations
 
 import math
+
 from typing import Iterable
 
 import numpy as np
@@ -112,8 +113,7 @@ class Adam(Optimizer):
         m += (1 - b1) * g
         v *= b2
         v += (1 - b2) * g * g
-        step = self.lr * math.sqrt(1 - b2 ** t) / (1 - b1 ** t)
-        w -= step * m / (np.sqrt(v) + self.eps)
+        w -= (self.lr / (1 - b1 ** t)) * m / (np.sqrt(v / (1 - b2 ** t)) + self.eps)
 
     def _buffers(self):
         return {"m": self.m, "v": self.v}

@@ -37,7 +37,7 @@ class TrainConfig:
     epochs: int = 10
     batch_size: int = 128
     optimizer: str = "sgd"  # "sgd" (Nesterov momentum) or "adam"
-    lr: float = 0.05
+    lr: float = 0.1
     momentum: float = 0.9
     weight_decay: float = 1e-4
     schedule: str = "cosine"  # "cosine", "step" (x0.1 every third of the run) or "none"
