@@ -6,7 +6,6 @@ in-place keeps training at one copy of the weights.
 from __future__ import annotations
 
 import math
-
 from typing import Iterable
 
 import numpy as np
