@@ -10,16 +10,16 @@ import hashlib
 import http.client
 import os
 import struct
-import tempfile
 import urllib.request
 import zipfile
 import zlib
 from collections.abc import Sequence
-from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
+from .files import atomic_writer
 
 DATA_ENV = "TINYGRAD_MNIST_DATA"
 MIRRORS = ("https://ossci-datasets.s3.amazonaws.com/mnist/",
@@ -299,17 +299,11 @@ def _check_sha256(path: Path, data: bytes, expected: str) -> None:
 
 def _fetch(url: str, target: Path, sha: str) -> None:
     """Download `url` to `target` atomically: no file appears unless its SHA-256 is `sha`."""
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".part")
-    try:
-        digest, size = hashlib.sha256(), 0
-        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=60) as response:
-            while chunk := response.read(1 << 20):
-                digest.update(chunk)
-                out.write(chunk)
-                size += len(chunk)
+    digest, size = hashlib.sha256(), 0
+    with atomic_writer(target) as out, urllib.request.urlopen(url, timeout=60) as response:
+        while chunk := response.read(1 << 20):
+            digest.update(chunk)
+            out.write(chunk)
+            size += len(chunk)
         if digest.hexdigest() != sha:
             raise MNISTError(f"expected SHA-256 {sha}, got {digest.hexdigest()} ({size} bytes)")
-        os.replace(tmp, target)
-    finally:
-        with suppress(FileNotFoundError):
-            os.unlink(tmp)

@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import html
 import os
-import uuid
 from collections import Counter, defaultdict
 from pathlib import Path
 
 import graphviz
 import numpy as np
 
+from .files import atomic_write
 from .tensor import Tensor
 
 RANKDIRS = ("LR", "TB")
@@ -79,7 +79,7 @@ def render_to(dot: graphviz.Digraph, path: str | os.PathLike) -> Path:
                          f"{', '.join('.' + f for f in FORMATS)}")
     path.parent.mkdir(parents=True, exist_ok=True)
     source = path if fmt in ("gv", "dot") else path.with_suffix(".gv")
-    _write_atomic(source, dot.source.encode("utf-8"))
+    atomic_write(source, dot.source.encode("utf-8"))
     if source == path:
         return path
     try:
@@ -90,20 +90,8 @@ def render_to(dot: graphviz.Digraph, path: str | os.PathLike) -> Path:
             f"`apt-get install graphviz` (Debian/Ubuntu), `brew install graphviz` (macOS) or "
             f"`conda install -c conda-forge graphviz`. The DOT source was written to {source}; "
             f"render it later with `dot -T{fmt} {source} -o {path}`") from e
-    _write_atomic(path, picture)
+    atomic_write(path, picture)
     return path
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    """Write via a temp file in the same folder and os.replace, so no half-written file is left."""
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:12]}.tmp")
-    try:
-        with open(tmp, "xb") as f:  # unlike mkstemp's 0600, the usual umask permissions
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 def _walk(root: Tensor) -> list[Tensor]:

@@ -8,13 +8,13 @@ returns the path. The `_*_figure` helpers return the unsaved Figure so tests can
 """
 import math
 import os
-import tempfile
-from contextlib import suppress
 from pathlib import Path
 
 import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
+
+from .files import atomic_writer
 
 SIDE = 28  # MNIST images are 28x28
 WRONG_COLOR = "#d62728"  # red: a misclassified digit
@@ -219,20 +219,10 @@ def _confident_mistake_indices(labels: np.ndarray, probs: np.ndarray, k: int) ->
 # --------------------------------------------------------------------------- saving
 
 def _save(fig: Figure, path: str | os.PathLike) -> Path:
-    """Write `fig` as a PNG to `path` via a temporary file and `os.replace`, never half-written."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            fig.savefig(f, format="png", dpi=110)
-        os.chmod(tmp, 0o644)  # mkstemp makes it private; a picture is meant to be shared
-        os.replace(tmp, path)
-    except BaseException:
-        with suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-    return path
+    """Write `fig` as a PNG to `path`, atomically."""
+    with atomic_writer(path) as f:
+        fig.savefig(f, format="png", dpi=110)
+    return Path(path)
 
 
 # --------------------------------------------------------------------------- input checks

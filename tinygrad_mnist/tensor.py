@@ -85,7 +85,7 @@ def _as_array(data: Any, dtype: Any) -> np.ndarray:
                         f"dtype {arr.dtype} from {type(data).__name__}")
     if dtype is not None:
         return arr.astype(dtype, copy=False)
-    if arr.dtype.kind == "f" and isinstance(data, np.ndarray):
+    if arr.dtype.kind == "f" and isinstance(data, (np.ndarray, np.floating)):
         return arr
     return arr.astype(np.float32)
 
@@ -266,6 +266,9 @@ def _backprop(root: Tensor, seed: Any, retain_graph: bool, create_graph: bool,
                     continue
                 if pg.shape != p.shape:
                     pg = _unbroadcast(pg, p.shape)
+                    if pg.shape != p.shape:
+                        raise RuntimeError(f"{type(ctx).__name__}.backward returned a gradient of "
+                                           f"shape {pg.shape} for an input of shape {p.shape}")
                 k = id(p)
                 grads[k] = pg if k not in grads else grads[k] + pg
             if not retain_graph:
@@ -321,7 +324,10 @@ def _plain_index(idx: Any) -> Any:
     if isinstance(idx, tuple):
         return tuple(_plain_index(i) for i in idx)
     if isinstance(idx, Tensor):
-        return idx.data.astype(np.int64) if idx.dtype.kind == "f" else idx.data
+        if idx.dtype.kind == "f":
+            raise TypeError("indexing with a float Tensor is ambiguous: use an integer index, "
+                            "e.g. Tensor(i, dtype=np.int64), or a NumPy bool mask")
+        return idx.data
     return idx
 
 
@@ -354,7 +360,7 @@ class Function:
         ctx = cls.__new__(cls)
         ctx.parents, ctx.saved = parents, ()
         try:
-            data = ctx.forward(*parents, **options)
+            data = np.asarray(ctx.forward(*parents, **options))  # NumPy scalars -> 0-d arrays
         except ValueError as e:
             shapes = " and ".join(str(p.shape) for p in parents)
             raise ValueError(f"{cls.__name__}: input shapes {shapes}: {e}") from None
@@ -529,8 +535,9 @@ class Reshape(Function):
 
 class Transpose(Function):
     def forward(ctx, x, axes):
-        ctx.save(axes)
-        return x.data.transpose(axes)
+        out = x.data.transpose(axes)  # NumPy validates the axes
+        ctx.save(tuple(a % x.ndim for a in axes))
+        return out
 
     def backward(ctx, out, g): return g.transpose(tuple(np.argsort(ctx.saved[0])))
 

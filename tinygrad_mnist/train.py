@@ -13,7 +13,6 @@ import io
 import json
 import math
 import os
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +21,7 @@ from typing import Any, Callable
 import numpy as np
 
 from .data import MNIST, load_mnist
+from .files import atomic_write
 from .nn import MLP, Dropout, Module, cross_entropy
 from .optim import SGD, Adam, CosineLR, Optimizer, StepLR
 from .tensor import Tensor, no_grad
@@ -164,7 +164,7 @@ def train(config: TrainConfig, run_dir: str | os.PathLike, data: MNIST | None = 
                "train_seconds": sum(r["seconds"] for r in history),
                "val_acc": history[-1]["val_acc"] if history else None,
                "config": dataclasses.asdict(config)}
-    _atomic_write(run_dir / "summary.json", json.dumps(summary, indent=2).encode())
+    atomic_write(run_dir / "summary.json", json.dumps(summary, indent=2).encode())
     log(f"test accuracy {100 * test_acc:.2f}% (loss {test_loss:.4f}) after {config.epochs} "
         f"epochs, {summary['train_seconds']:.1f}s of training")
     if plots:
@@ -257,7 +257,7 @@ def save_checkpoint(path: str | os.PathLike, model: Module, optimizer: Optimizer
     arrays["meta"] = np.array(json.dumps(meta))
     buffer = io.BytesIO()
     np.savez(buffer, **arrays)
-    _atomic_write(Path(path), buffer.getvalue())
+    atomic_write(Path(path), buffer.getvalue())
 
 
 def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
@@ -281,22 +281,9 @@ def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
 
 
 def write_metrics(run_dir: Path, history: list[dict]) -> None:
-    _atomic_write(run_dir / "metrics.json", json.dumps(history, indent=2).encode())
+    atomic_write(run_dir / "metrics.json", json.dumps(history, indent=2).encode())
     text = io.StringIO()
     writer = csv.DictWriter(text, fieldnames=list(history[0]))
     writer.writeheader()
     writer.writerows(history)
-    _atomic_write(run_dir / "metrics.csv", text.getvalue().encode())
-
-
-def _atomic_write(path: Path, content: bytes) -> None:
-    """Write to a temp file beside `path`, then rename: never a half-written file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(content)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
+    atomic_write(run_dir / "metrics.csv", text.getvalue().encode())
