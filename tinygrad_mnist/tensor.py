@@ -276,8 +276,9 @@ def _backprop(root: Tensor, seed: Any, retain_graph: bool, create_graph: bool,
     return grads
 
 
-def _topo_order(root: Tensor) -> list[Tensor]:
-    """Tensors that require grad, each after all its inputs; iterative, so depth is unlimited."""
+def _topo_order(root: Tensor, all_inputs: bool = False) -> list[Tensor]:
+    """The tensors `root` was computed from, each after all its inputs; iterative, so depth is
+    unlimited. Only those that require grad, unless `all_inputs` (constants too, for pictures)."""
     order, visited, stack = [], set(), [(root, False)]
     while stack:
         t, done = stack.pop()
@@ -289,8 +290,8 @@ def _topo_order(root: Tensor) -> list[Tensor]:
         visited.add(id(t))
         stack.append((t, True))
         if t._ctx is not None:
-            stack.extend((p, False) for p in t._ctx.parents
-                         if p.requires_grad and id(p) not in visited)
+            stack.extend((p, False) for p in reversed(t._ctx.parents)
+                         if (all_inputs or p.requires_grad) and id(p) not in visited)
     return order
 
 
