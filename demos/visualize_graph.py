@@ -22,8 +22,12 @@ def expression() -> Tensor:
     """e = tanh(a*b + a), the smallest graph with a shared input."""
     a = Tensor(2.0, requires_grad=True, name="a")
     b = Tensor(-3.0, requires_grad=True, name="b")
-    e = (a * b + a).tanh()
+    ab = a * b
+    ab_plus_a = ab + a
+    e = ab_plus_a.tanh()
     e.name = "e"
+    for t in (ab, ab_plus_a, e):
+        t.retain_grad()  # keep the intermediates' gradients, to see them in the picture
     e.backward()
     return e
 

@@ -83,8 +83,12 @@ def expression(retain_graph: bool = False) -> Tensor:
     """e = tanh(a*b + a) after backward, with a = 2 and b = -3."""
     a = Tensor(2.0, requires_grad=True, name="a")
     b = Tensor(-3.0, requires_grad=True, name="b")
-    e = (a * b + a).tanh()
+    ab = a * b
+    ab_plus_a = ab + a
+    e = ab_plus_a.tanh()
     e.name = "e"
+    for t in (ab, ab_plus_a, e):
+        t.retain_grad()  # intermediates' gradients are freed unless kept for the picture
     e.backward(retain_graph=retain_graph)
     return e
 
@@ -138,6 +142,7 @@ def test_broadcasting_shows_all_shapes_small_values_and_large_grad_norms():
     y = Tensor(np.ones((1, 4), np.float32), requires_grad=True, name="y")
     z = x + y
     z.name = "z"
+    z.retain_grad()
     z.backward(np.ones((3, 4), np.float32))
     g = parse(draw_graph(z).source)
     assert g.nodes[g.by_first_line("x")].lines == ["x", "(3, 1) float32", "data = [[0], [1], [2]]",

@@ -516,12 +516,14 @@ def test_grads_accumulate_across_backward_calls() -> None:
     np.testing.assert_allclose(x.grad.data, 2 * x.data + 3.0)
 
 
-def test_intermediates_get_grad_too() -> None:
+def test_intermediates_keep_grad_only_when_asked() -> None:
     x = rand((2, 3))
-    h = x * 2.0
-    (h * h).sum().backward()
+    h, k = x * 2.0, x * 3.0
+    h.retain_grad()
+    (h * h + k).sum().backward()
     np.testing.assert_allclose(h.grad.data, 2 * h.data)
-    np.testing.assert_allclose(x.grad.data, 8 * x.data)
+    assert k.grad is None  # freed once used, as in PyTorch
+    np.testing.assert_allclose(x.grad.data, 8 * x.data + 3.0)
 
 
 def test_zero_grad() -> None:
@@ -675,6 +677,7 @@ def test_backward_frees_the_graph_and_a_second_backward_raises() -> None:
 def test_retain_graph_allows_a_second_backward_that_accumulates() -> None:
     x = rand((3,))
     h = x.exp() * x
+    h.retain_grad()
     y = h.sum()
     y.backward(retain_graph=True)
     first_x, first_h = x.grad.data.copy(), h.grad.data.copy()

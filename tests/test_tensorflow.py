@@ -272,6 +272,7 @@ def test_mlp_loss_and_gradients_match_tensorflow(tf, dtype, tol) -> None:
     x, labels, arrays = _mlp_params(dtype)
     w1, b1, w2, b2 = params = [Tensor(a, requires_grad=True) for a in arrays]
     logits = (Tensor(x) @ w1 + b1).relu() @ w2 + b2
+    logits.retain_grad()
     loss = -logits.log_softmax()[np.arange(len(labels)), labels].mean()
     loss.backward()
 

@@ -89,6 +89,7 @@ class Linear(Module):
                  rng: np.random.Generator | None = None, dtype: Any = np.float32):
         rng = rng if rng is not None else np.random.default_rng()
         self.in_features, self.out_features = in_features, out_features
+        self.label = f"Linear({in_features}→{out_features})"
         w = rng.standard_normal((in_features, out_features)) * np.sqrt(2.0 / in_features)
         self.weight = Tensor(w.astype(dtype), requires_grad=True, name="weight")
         self.bias = Tensor(np.zeros(out_features, dtype), requires_grad=True, name="bias") \
@@ -102,7 +103,7 @@ class Linear(Module):
         return y + self.bias if self.bias is not None else y
 
     def scope_label(self) -> str:
-        return f"Linear({self.in_features}→{self.out_features})"
+        return self.label
 
 
 class ReLU(Module):
@@ -151,6 +152,7 @@ class MLP(Sequential):
                              f"got {list(sizes)}")
         rng = np.random.default_rng(seed)
         self.sizes = [int(n) for n in sizes]
+        self.label = "MLP(" + "-".join(map(str, self.sizes)) + ")"
         layers: list[Module] = []
         for i, (n_in, n_out) in enumerate(zip(self.sizes, self.sizes[1:])):
             layers.append(Linear(n_in, n_out, rng=rng))
@@ -161,7 +163,7 @@ class MLP(Sequential):
         super().__init__(*layers)
 
     def scope_label(self) -> str:
-        return "MLP(" + "-".join(map(str, self.sizes)) + ")"
+        return self.label
 
 
 class CrossEntropy(Function):
@@ -177,11 +179,15 @@ class CrossEntropy(Function):
 
     def backward(ctx, out, g):
         logits, labels, probs = ctx.saved
-        onehot = np.zeros_like(probs)
-        onehot[np.arange(len(labels)), labels] = 1
-        # reuse the forward's softmax, unless the gradient itself must be differentiable
-        p = logits.softmax(axis=1) if is_grad_enabled() else _const(probs)
-        return (p - _const(onehot)) * (g / len(labels))
+        rows = np.arange(len(labels))
+        if is_grad_enabled():  # create_graph: the gradient must be made of recorded ops
+            onehot = np.zeros_like(probs)
+            onehot[rows, labels] = 1
+            return (logits.softmax(axis=1) - _const(onehot)) * (g / len(labels))
+        d = probs.copy()  # otherwise the same numbers straight from the forward's softmax
+        d[rows, labels] -= 1
+        d *= g.data / len(labels)
+        return _const(d)
 
 
 def cross_entropy(logits: Tensor, labels: Any) -> Tensor:
@@ -196,7 +202,8 @@ def cross_entropy(logits: Tensor, labels: Any) -> Tensor:
     if y.dtype.kind not in "iu" or y.shape != (n,):
         raise ValueError(f"cross_entropy expects {n} integer labels, shape ({n},), got dtype "
                          f"{y.dtype} and shape {y.shape}")
-    if y.size and (y.min() < 0 or y.max() >= c):
+    y = y.astype(np.int64, copy=False)
+    if y.size and y.view(np.uint64).max() >= c:  # one pass: negative labels wrap to huge values
         raise ValueError(f"cross_entropy labels must be in [0, {c}), got values from "
                          f"{y.min()} to {y.max()}")
     return CrossEntropy.apply(logits, labels=y)

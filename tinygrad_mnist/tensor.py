@@ -9,6 +9,8 @@ be differentiated again.
 from __future__ import annotations
 
 import functools
+import heapq
+import itertools
 from typing import Any, Callable, Sequence
 
 import numpy as np
@@ -53,6 +55,7 @@ class no_grad(set_grad_enabled):
 
 
 _scope: tuple[str, ...] = ()
+_recorded = itertools.count()  # numbers recorded ops in order: backward runs them newest first
 
 
 class name_scope:
@@ -97,7 +100,7 @@ class Tensor:
     become float32 unless `dtype` says otherwise.
     """
 
-    __slots__ = ("data", "requires_grad", "grad", "name", "_ctx", "__weakref__")
+    __slots__ = ("data", "requires_grad", "grad", "name", "_ctx", "_retains_grad", "__weakref__")
     __array_ufunc__ = None  # ndarray (op) Tensor defers to Tensor's reflected operators
 
     def __init__(self, data: Any, requires_grad: bool = False, dtype: Any = None,
@@ -110,12 +113,14 @@ class Tensor:
         self.grad: Tensor | None = None
         self.name = name
         self._ctx: Function | None = None
+        self._retains_grad = False
 
     @classmethod
     def _wrap(cls, data: np.ndarray, ctx: Function | None = None) -> Tensor:
         """Internal fast constructor: no checks, no conversion (op outputs and constants)."""
         t = cls.__new__(cls)
         t.data, t.requires_grad, t.grad, t.name, t._ctx = data, ctx is not None, None, None, ctx
+        t._retains_grad = False
         return t
 
     # --- plain attributes
@@ -123,7 +128,7 @@ class Tensor:
     ndim = property(lambda self: self.data.ndim)
     dtype = property(lambda self: self.data.dtype)
     size = property(lambda self: self.data.size)
-    T = property(lambda self: self.transpose())
+    T = property(lambda self: Transpose.apply(self, axes=tuple(range(self.ndim))[::-1]))
 
     def numpy(self) -> np.ndarray:
         return self.data
@@ -137,6 +142,11 @@ class Tensor:
 
     def zero_grad(self) -> None:
         self.grad = None
+
+    def retain_grad(self) -> None:
+        """Keep this intermediate tensor's gradient in `.grad` after backward, as leaves do
+        (e.g. to see it in the graph picture). Others are freed as soon as they are used."""
+        self._retains_grad = True
 
     def __len__(self) -> int:
         return len(self.data)
@@ -212,10 +222,8 @@ class Tensor:
     # --- autodiff
     def backward(self, grad: Any = None, retain_graph: bool = False,
                  create_graph: bool = False) -> None:
-        """Add d(self)/d(t) to `t.grad` for every tensor t in the graph that requires grad.
-
-        Not only leaves get `.grad`: intermediates do too, so the graph picture can show it.
-        """
+        """Add d(self)/d(t) to `t.grad` for every leaf t that requires grad (and every
+        intermediate that called `retain_grad()`)."""
         _backprop(self, grad, retain_graph, create_graph, store=True)
 
 
@@ -237,24 +245,23 @@ def _backprop(root: Tensor, seed: Any, retain_graph: bool, create_graph: bool,
         if root.size != 1:
             raise RuntimeError(f"backward() on a non-scalar Tensor of shape {root.shape} needs "
                                f"grad=, a Tensor of that same shape (e.g. loss.sum().backward())")
-        seed = Tensor._wrap(np.ones_like(root.data))
+        seed = Tensor._wrap(np.ones(root.shape, root.dtype))
     else:
         seed = seed if isinstance(seed, Tensor) else Tensor(seed, dtype=root.dtype)
         if seed.shape != root.shape:
             raise ValueError(f"backward() grad has shape {seed.shape}, expected the output's "
                              f"shape {root.shape}")
     retain_graph = retain_graph or create_graph  # the gradient's graph reuses this one's tensors
-    grads = {id(root): seed}
+    grads, todo, leaves = {id(root): seed}, [], []
+    _reached(root, todo, leaves)
     with set_grad_enabled(create_graph):
-        for t in reversed(_topo_order(root)):
-            g = grads.get(id(t))
-            if g is None:
-                continue
-            if store:
+        while todo:
+            t = heapq.heappop(todo)[2]
+            # free each gradient once used: keeping them all costs ~4% of a training step
+            g = grads.pop(id(t)) if store else grads[id(t)]
+            if store and t._retains_grad:
                 t.grad = g if t.grad is None else t.grad + g
             ctx = t._ctx
-            if ctx is None:
-                continue
             if ctx.saved is None:
                 raise RuntimeError(f"backward through {type(ctx).__name__} a second time: the graph "
                                    f"was freed by the first backward(); pass retain_graph=True to it")
@@ -264,16 +271,35 @@ def _backprop(root: Tensor, seed: Any, retain_graph: bool, create_graph: bool,
             for p, pg in zip(ctx.parents, in_grads):
                 if pg is None or not p.requires_grad:
                     continue
-                if pg.shape != p.shape:
+                if pg.data.shape != p.data.shape:  # .data: skips two property calls per edge
                     pg = _unbroadcast(pg, p.shape)
                     if pg.shape != p.shape:
                         raise RuntimeError(f"{type(ctx).__name__}.backward returned a gradient of "
                                            f"shape {pg.shape} for an input of shape {p.shape}")
                 k = id(p)
-                grads[k] = pg if k not in grads else grads[k] + pg
+                if k in grads:
+                    grads[k] = grads[k] + pg
+                else:
+                    grads[k] = pg
+                    _reached(p, todo, leaves)
             if not retain_graph:
                 ctx.saved = None
+        if store:
+            for t in leaves:
+                g = grads[id(t)]
+                t.grad = g if t.grad is None else t.grad + g
     return grads
+
+
+def _reached(t: Tensor, todo: list, leaves: list[Tensor]) -> None:
+    """Note a tensor that a gradient has reached: a leaf just collects it; an op's output waits
+    in a heap that pops the newest op first. An op is always recorded after the ops that made
+    its inputs, so a tensor's turn comes only after every op that used it: its gradient is
+    complete, and no topological sort of the whole graph is needed."""
+    if t._ctx is None:
+        leaves.append(t)
+    else:
+        heapq.heappush(todo, (-t._ctx.seq, id(t), t))
 
 
 def _topo_order(root: Tensor, all_inputs: bool = False) -> list[Tensor]:
@@ -298,10 +324,15 @@ def _topo_order(root: Tensor, all_inputs: bool = False) -> list[Tensor]:
 def _unbroadcast(g: Tensor, shape: tuple) -> Tensor:
     """Sum a gradient over the axes broadcasting stretched, so it matches the input's shape."""
     lead = g.ndim - len(shape)
+    if lead < 0:
+        return g  # a rule's wrongly shaped gradient: backward names it
+    stretched = tuple(lead + i for i, n in enumerate(shape) if n == 1 and g.shape[lead + i] != 1)
+    if not _grad_enabled:  # no graph wanted: one NumPy sum (a bias gradient every step)
+        return _const(g.data.sum(axis=tuple(range(lead)) + stretched, keepdims=True)
+                      .reshape(shape)) if lead or stretched else g
     if lead:
         g = g.sum(axis=tuple(range(lead)))
-    axes = tuple(i for i, n in enumerate(shape) if n == 1 and g.shape[i] != 1)
-    return g.sum(axis=axes, keepdims=True) if axes else g
+    return g.sum(axis=tuple(a - lead for a in stretched), keepdims=True) if stretched else g
 
 
 def _axes(axis: Any, ndim: int) -> tuple[int, ...]:
@@ -351,7 +382,7 @@ class Function:
     (the `name_scope` labels active when it was recorded).
     """
 
-    __slots__ = ("parents", "saved", "scope")
+    __slots__ = ("parents", "saved", "scope", "seq")
 
     def save(self, *values: Any) -> None:
         self.saved = values
@@ -365,9 +396,11 @@ class Function:
         except ValueError as e:
             shapes = " and ".join(str(p.shape) for p in parents)
             raise ValueError(f"{cls.__name__}: input shapes {shapes}: {e}") from None
-        if _grad_enabled and any(p.requires_grad for p in parents):
-            ctx.scope = _scope
-            return Tensor._wrap(data, ctx)
+        if _grad_enabled:
+            for p in parents:  # a plain loop: any(<generator>) costs more than the check itself
+                if p.requires_grad:
+                    ctx.scope, ctx.seq = _scope, next(_recorded)
+                    return Tensor._wrap(data, ctx)
         return Tensor._wrap(data)
 
     def forward(self, *args: Any, **kwargs: Any) -> np.ndarray:
@@ -437,6 +470,11 @@ class MatMul(Function):
 
     def backward(ctx, out, g):
         x, y = ctx.saved
+        if x.ndim == 2 and y.ndim == 2:  # the common case, with nothing to reshape or sum
+            if not _grad_enabled:  # no graph wanted: the same products straight in NumPy
+                return (_const(g.data @ y.data.T) if x.requires_grad else None,
+                        _const(x.data.T @ g.data) if y.requires_grad else None)
+            return (g @ y.T if x.requires_grad else None), (x.T @ g if y.requires_grad else None)
         # 1-D operands act as a row (left) or a column (right) vector, as in NumPy.
         x2 = x.reshape(1, -1) if x.ndim == 1 else x
         y2 = y.reshape(-1, 1) if y.ndim == 1 else y
@@ -509,7 +547,9 @@ class ReLU(Function):
         ctx.save(x.data > 0)
         return np.maximum(x.data, 0)
 
-    def backward(ctx, out, g): return g * _const(ctx.saved[0])
+    def backward(ctx, out, g):
+        mask = ctx.saved[0]
+        return g * _const(mask) if _grad_enabled else _const(g.data * mask)
 
 
 class Tanh(Function):
@@ -536,11 +576,11 @@ class Reshape(Function):
 
 class Transpose(Function):
     def forward(ctx, x, axes):
-        out = x.data.transpose(axes)  # NumPy validates the axes
-        ctx.save(tuple(a % x.ndim for a in axes))
-        return out
+        ctx.save(axes)
+        return x.data.transpose(axes)  # NumPy validates the axes
 
-    def backward(ctx, out, g): return g.transpose(tuple(np.argsort(ctx.saved[0])))
+    def backward(ctx, out, g):  # normalizing negative axes here keeps the forward cheap
+        return g.transpose(tuple(np.argsort([a % g.ndim for a in ctx.saved[0]])))
 
 
 class BroadcastTo(Function):
