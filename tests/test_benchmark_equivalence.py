@@ -96,13 +96,6 @@ def test_tensorflow_gradients_equal_handwritten(tf, sizes, batch):
                                rtol=1e-5, atol=1e-5)
 
 
-def test_torch_gradients_equal_handwritten(batch):
-    pytest.importorskip("torch")  # optional contender: the benchmark leaves it out when missing
-    init = initial_params([784, 512, 512, 10], seed=0)
-    trainer = make_trainer("torch", init)
-    assert_close(trainer.grads(*batch), make_trainer("numpy", init).grads(*batch), ulps=64)
-
-
 def test_ratios_pair_epochs_of_the_same_round():
     res = {"engine": {"epoch_seconds": [1.0, 4.0, 1.2], "peak_rss_mb": 120.0, "steps_per_epoch": 10},
            "numpy": {"epoch_seconds": [1.0, 2.0, 1.0], "peak_rss_mb": 100.0}}

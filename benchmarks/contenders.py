@@ -1,0 +1,208 @@
+"""The contenders, behind one small interface, and the training loop they all share.
+
+Every contender starts from the same weights (the engine's `MLP(sizes, seed)`), sees the same
+float32 batches in the same order (`epoch_order`), and does plain SGD, so the only thing that
+differs between them is how the forward and backward passes are computed.
+"""
+from __future__ import annotations
+
+import time
+from typing import Callable, Protocol
+
+import numpy as np
+
+from tinygrad_mnist import Tensor, no_grad
+from tinygrad_mnist.nn import MLP, cross_entropy
+from tinygrad_mnist.optim import SGD
+
+from . import numpy_mlp
+from .numpy_mlp import Params
+
+CONTENDERS = ("engine", "numpy", "tensorflow", "torch")
+
+
+class Trainer(Protocol):
+    def step(self, x: np.ndarray, y: np.ndarray) -> None:
+        """One SGD step on the batch."""
+
+    def grads(self, x: np.ndarray, y: np.ndarray) -> Params:
+        """The loss gradient for every (weight, bias), as NumPy, without updating anything."""
+
+    def logits(self, x: np.ndarray) -> np.ndarray:
+        """Forward pass only (evaluation)."""
+
+    def load(self, params: Params) -> None:
+        """Set the weights (to undo a warm-up)."""
+
+
+def initial_params(sizes: list[int], seed: int) -> Params:
+    """The engine MLP's initial weights: the one starting point every contender copies."""
+    return numpy_mlp.params_from_state_dict(MLP(sizes, seed=seed).state_dict())
+
+
+def epoch_order(seed: int, epoch: int, n: int) -> np.ndarray:
+    """The shuffled example order of one epoch, the same for every contender."""
+    return np.random.default_rng([seed, epoch]).permutation(n)
+
+
+def run_epoch(trainer: Trainer, x: np.ndarray, y: np.ndarray, order: np.ndarray,
+              batch: int) -> tuple[float, int]:
+    """Train one epoch in `order`; returns (wall seconds, steps)."""
+    start = time.perf_counter()
+    for i in range(0, len(order), batch):
+        idx = order[i:i + batch]
+        trainer.step(x[idx], y[idx])
+    return time.perf_counter() - start, -(-len(order) // batch)
+
+
+def accuracy(trainer: Trainer, x: np.ndarray, y: np.ndarray, chunk: int = 2000) -> float:
+    hits = sum(int((trainer.logits(x[i:i + chunk]).argmax(axis=1) == y[i:i + chunk]).sum())
+               for i in range(0, len(x), chunk))
+    return hits / len(x)
+
+
+class EngineTrainer:
+    """This engine, used the way its README shows: MLP, cross_entropy, SGD."""
+
+    def __init__(self, params: Params, lr: float):
+        self.model = MLP([params[0][0].shape[0]] + [w.shape[1] for w, _ in params])
+        self.load(params)
+        self.opt = SGD(self.model.parameters(), lr=lr)
+
+    def step(self, x, y):
+        loss = cross_entropy(self.model(Tensor(x)), y)
+        self.opt.zero_grad()
+        loss.backward()
+        self.opt.step()
+
+    def grads(self, x, y):
+        self.model.zero_grad()
+        cross_entropy(self.model(Tensor(x)), y).backward()
+        g = [p.grad.data for p in self.model.parameters()]
+        return list(zip(g[0::2], g[1::2]))
+
+    def logits(self, x):
+        with no_grad():
+            return self.model(Tensor(x)).data
+
+    def load(self, params):
+        names = [name for name, _ in self.model.named_parameters()]
+        self.model.load_state_dict(dict(zip(names, [a for pair in params for a in pair])))
+
+
+class NumpyTrainer:
+    """The hand-written forward and backward of `numpy_mlp`: no graph, the floor."""
+
+    def __init__(self, params: Params, lr: float):
+        self.lr = lr
+        self.load(params)
+
+    def step(self, x, y):
+        _, grads = numpy_mlp.loss_and_grads(self.params, x, y)
+        numpy_mlp.sgd_step(self.params, grads, self.lr)
+
+    def grads(self, x, y):
+        return numpy_mlp.loss_and_grads(self.params, x, y)[1]
+
+    def logits(self, x):
+        return numpy_mlp.forward(self.params, x)
+
+    def load(self, params):
+        self.params = [(w.copy(), b.copy()) for w, b in params]
+
+
+class TensorFlowTrainer:
+    """TensorFlow's custom training loop: a tf.function around a GradientTape step."""
+
+    def __init__(self, params: Params, lr: float):
+        import tensorflow as tf
+
+        self.tf, self.lr = tf, lr
+        self.vars = [tf.Variable(a) for pair in params for a in pair]
+        batch_spec = (tf.TensorSpec([None, params[0][0].shape[0]], tf.float32),
+                      tf.TensorSpec([None], tf.int64))  # any batch size: the last one is smaller
+        self._step = tf.function(self._step_fn, input_signature=batch_spec)
+        self._grads = tf.function(self._grads_fn, input_signature=batch_spec)
+        self._logits = tf.function(self._forward, input_signature=batch_spec[:1])
+
+    def _forward(self, x):
+        for i in range(0, len(self.vars), 2):
+            x = x @ self.vars[i] + self.vars[i + 1]
+            if i < len(self.vars) - 2:
+                x = self.tf.nn.relu(x)
+        return x
+
+    def _grads_fn(self, x, y):
+        with self.tf.GradientTape() as tape:
+            loss = self.tf.reduce_mean(self.tf.nn.sparse_softmax_cross_entropy_with_logits(
+                labels=y, logits=self._forward(x)))
+        return tape.gradient(loss, self.vars)
+
+    def _step_fn(self, x, y):
+        for v, g in zip(self.vars, self._grads_fn(x, y)):
+            v.assign_sub(self.lr * g)
+
+    def step(self, x, y):
+        self._step(x, y)
+
+    def grads(self, x, y):
+        g = [t.numpy() for t in self._grads(x, y)]
+        return list(zip(g[0::2], g[1::2]))
+
+    def logits(self, x):
+        return self._logits(x).numpy()
+
+    def load(self, params):
+        for v, a in zip(self.vars, [a for pair in params for a in pair]):
+            v.assign(a)
+
+
+class TorchTrainer:
+    """PyTorch's usual loop: nn.Sequential, F.cross_entropy, optim.SGD."""
+
+    def __init__(self, params: Params, lr: float):
+        import torch
+
+        self.torch = torch
+        layers: list = []
+        for w, _ in params:
+            layers += [torch.nn.Linear(*w.shape), torch.nn.ReLU()]
+        self.model = torch.nn.Sequential(*layers[:-1])
+        self.load(params)
+        self.opt = torch.optim.SGD(self.model.parameters(), lr=lr)
+
+    def _loss(self, x, y):
+        return self.torch.nn.functional.cross_entropy(self.model(self.torch.from_numpy(x)),
+                                                      self.torch.from_numpy(y))
+
+    def step(self, x, y):
+        self.opt.zero_grad()
+        self._loss(x, y).backward()
+        self.opt.step()
+
+    def grads(self, x, y):
+        self.opt.zero_grad()
+        self._loss(x, y).backward()
+        linears = self.model[0::2]  # torch keeps weight as (out, in): transpose to (in, out)
+        return [(m.weight.grad.numpy().T, m.bias.grad.numpy()) for m in linears]
+
+    def logits(self, x):
+        with self.torch.no_grad():
+            return self.model(self.torch.from_numpy(x)).numpy()
+
+    def load(self, params):
+        with self.torch.no_grad():
+            for m, (w, b) in zip(self.model[0::2], params):
+                m.weight.copy_(self.torch.from_numpy(w.T))
+                m.bias.copy_(self.torch.from_numpy(b))
+
+
+TRAINERS: dict[str, Callable[..., Trainer]] = {
+    "engine": EngineTrainer, "numpy": NumpyTrainer,
+    "tensorflow": TensorFlowTrainer, "torch": TorchTrainer,
+}
+
+
+def make_trainer(name: str, params: Params, lr: float = 0.1) -> Trainer:
+    """A fresh trainer that starts from a copy of `params`; thread counts are set by the caller."""
+    return TRAINERS[name](params, lr)
