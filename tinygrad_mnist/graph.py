@@ -16,7 +16,7 @@ import graphviz
 import numpy as np
 
 from .files import atomic_write
-from .tensor import Tensor, _topo_order
+from .tensor import Tensor
 
 RANKDIRS = ("LR", "TB")
 FORMATS = ("svg", "png", "pdf", "gv", "dot")  # the last two are DOT source, no `dot` binary needed
@@ -49,7 +49,7 @@ def draw_graph(root: Tensor, path: str | os.PathLike | None = None, *, show_valu
         raise TypeError(f"draw_graph needs a Tensor, got {type(root).__name__}")
     if rankdir not in RANKDIRS:
         raise ValueError(f"rankdir must be one of {', '.join(RANKDIRS)}; got {rankdir!r}")
-    tensors = _topo_order(root, all_inputs=True)
+    tensors = _walk(root)
     ops = [t for t in tensors if t._ctx is not None]  # one op per output tensor
     dot = graphviz.Digraph(graph_attr={"rankdir": rankdir, "nodesep": "0.25", "ranksep": "0.35",
                                        "fontname": _FONT},
@@ -92,6 +92,25 @@ def render_to(dot: graphviz.Digraph, path: str | os.PathLike) -> Path:
             f"render it later with `dot -T{fmt} {source} -o {path}`") from e
     atomic_write(path, picture)
     return path
+
+
+def _walk(root: Tensor) -> list[Tensor]:
+    """Every tensor `root` was computed from, each after its inputs. Iterative depth-first
+    search, so any depth works; unlike backward it keeps inputs that need no gradient
+    (constants, data batches): they are part of the picture."""
+    order, visited, stack = [], set(), [(root, False)]
+    while stack:
+        t, done = stack.pop()
+        if done:
+            order.append(t)
+            continue
+        if id(t) in visited:
+            continue
+        visited.add(id(t))
+        stack.append((t, True))
+        if t._ctx is not None:
+            stack.extend((p, False) for p in reversed(t._ctx.parents) if id(p) not in visited)
+    return order
 
 
 def _too_large(n_nodes: int, ops: list[Tensor], max_nodes: int) -> str:

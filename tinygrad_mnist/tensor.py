@@ -302,25 +302,6 @@ def _reached(t: Tensor, todo: list, leaves: list[Tensor]) -> None:
         heapq.heappush(todo, (-t._ctx.seq, id(t), t))
 
 
-def _topo_order(root: Tensor, all_inputs: bool = False) -> list[Tensor]:
-    """The tensors `root` was computed from, each after all its inputs; iterative, so depth is
-    unlimited. Only those that require grad, unless `all_inputs` (constants too, for pictures)."""
-    order, visited, stack = [], set(), [(root, False)]
-    while stack:
-        t, done = stack.pop()
-        if done:
-            order.append(t)
-            continue
-        if id(t) in visited:
-            continue
-        visited.add(id(t))
-        stack.append((t, True))
-        if t._ctx is not None:
-            stack.extend((p, False) for p in reversed(t._ctx.parents)
-                         if (all_inputs or p.requires_grad) and id(p) not in visited)
-    return order
-
-
 def _unbroadcast(g: Tensor, shape: tuple) -> Tensor:
     """Sum a gradient over the axes broadcasting stretched, so it matches the input's shape."""
     lead = g.ndim - len(shape)
