@@ -15,19 +15,16 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout, no install
 
 from tinygrad_mnist import Tensor, name_scope  # noqa: E402
-from tinygrad_mnist.graph import draw_graph, render_to  # noqa: E402
+from tinygrad_mnist.graph import draw_graph, render_to, retain_grads  # noqa: E402
 
 
 def expression() -> Tensor:
     """e = tanh(a*b + a), the smallest graph with a shared input."""
     a = Tensor(2.0, requires_grad=True, name="a")
     b = Tensor(-3.0, requires_grad=True, name="b")
-    ab = a * b
-    ab_plus_a = ab + a
-    e = ab_plus_a.tanh()
+    e = (a * b + a).tanh()
     e.name = "e"
-    for t in (ab, ab_plus_a, e):
-        t.retain_grad()  # keep the intermediates' gradients, to see them in the picture
+    retain_grads(e)  # keep the intermediates' gradients too, to see them in the picture
     e.backward()
     return e
 

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from tinygrad_mnist import Tensor, name_scope
-from tinygrad_mnist.graph import GraphvizNotFound, draw_graph, render_to
+from tinygrad_mnist.graph import GraphvizNotFound, draw_graph, render_to, retain_grads
 
 DEMO = Path(__file__).resolve().parent.parent / "demos" / "visualize_graph.py"
 
@@ -83,12 +83,9 @@ def expression(retain_graph: bool = False) -> Tensor:
     """e = tanh(a*b + a) after backward, with a = 2 and b = -3."""
     a = Tensor(2.0, requires_grad=True, name="a")
     b = Tensor(-3.0, requires_grad=True, name="b")
-    ab = a * b
-    ab_plus_a = ab + a
-    e = ab_plus_a.tanh()
+    e = (a * b + a).tanh()
     e.name = "e"
-    for t in (ab, ab_plus_a, e):
-        t.retain_grad()  # intermediates' gradients are freed unless kept for the picture
+    retain_grads(e)  # intermediates' gradients are freed unless kept for the picture
     e.backward(retain_graph=retain_graph)
     return e
 
@@ -366,3 +363,17 @@ def test_bad_arguments():
         draw_graph(1.0)
     with pytest.raises(ValueError, match=r"\.svg, \.png, \.pdf, \.gv, \.dot"):
         draw_graph(e, path="picture.jpg")
+
+
+def test_retain_grads_keeps_every_gradient_and_only_until_asked():
+    a = Tensor(2.0, requires_grad=True, name="a")
+    h = a * 3.0
+    out = h.tanh()
+    out.backward()
+    assert h.grad is None and out.grad is None  # freed once used, as in PyTorch
+    out = (a * 3.0).tanh()
+    retain_grads(out)
+    out.backward()
+    g = parse(draw_graph(out).source)
+    assert sum(any(s.startswith("grad") for s in n.lines) for n in g.tensors().values()) == 3
+    assert out.grad.item() == 1.0

@@ -156,13 +156,14 @@ def _predict(args: argparse.Namespace) -> int:
 
 def _graph(args: argparse.Namespace) -> int:
     from .data import load_mnist
-    from .graph import draw_graph
+    from .graph import draw_graph, retain_grads
     from .nn import MLP, cross_entropy
     from .tensor import Tensor
     data = load_mnist(args.data_dir, val_size=0)
     model = MLP([784, *args.hidden, 10], seed=0)
     loss = cross_entropy(model(Tensor(data.test_x[:args.batch_size])), data.test_y[:args.batch_size])
     loss.name = "loss"
+    retain_grads(loss)  # show the gradient at every node, not only at the parameters
     loss.backward()
     draw_graph(loss, path=args.out)
     print(f"graph of the loss of MLP {model.sizes} on a batch of {args.batch_size}: {args.out}")

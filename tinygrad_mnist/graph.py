@@ -36,6 +36,14 @@ class GraphvizNotFound(RuntimeError):
     """The Graphviz `dot` program, which turns DOT source into pictures, is not installed."""
 
 
+def retain_grads(root: Tensor) -> None:
+    """Keep the gradient of every tensor behind `root` after the next backward, so the picture
+    shows how the gradient flows (leaves keep theirs anyway; intermediates' are otherwise freed)."""
+    for t in _walk(root):
+        if t.requires_grad:
+            t.retain_grad()
+
+
 def draw_graph(root: Tensor, path: str | os.PathLike | None = None, *, show_values: bool = True,
                show_grads: bool = True, rankdir: str = "LR", max_nodes: int | None = 500,
                group_scopes: bool = True) -> graphviz.Digraph:
