@@ -465,6 +465,7 @@ DTYPE_OPS = {
     "reshape": lambda x: x.reshape(-1), "transpose": lambda x: x.transpose(),
     "getitem": lambda x: x[[0, 0], ::-1], "log_softmax": Tensor.log_softmax,
     "softmax": Tensor.softmax, "broadcast_to": lambda x: x.broadcast_to((2, 2, 3)),
+    "astype_same": lambda x: x.astype(x.dtype),
 }
 
 
@@ -477,6 +478,33 @@ def test_dtype_is_kept_through_every_op(name: str, dtype: type) -> None:
     assert out.dtype == dtype
     out.sum().backward()
     assert x.grad.dtype == dtype
+
+
+def test_astype_converts_and_its_gradient_comes_back_in_the_source_dtype() -> None:
+    x = rand((2, 3))
+    y = x.astype(np.float32)
+    assert y.dtype == np.float32 and y.data is not x.data
+    np.testing.assert_array_equal(y.data, x.data.astype(np.float32))
+    (y * y).sum().backward()
+    assert x.grad.dtype == np.float64
+    np.testing.assert_array_equal(x.grad.data, (2 * y.data).astype(np.float64))
+    check_grads(lambda t: t.astype(np.float64) * t, rand((3,)))  # float64 -> float64: checkable
+
+
+def test_mixed_dtypes_give_each_input_a_gradient_of_its_own_dtype() -> None:
+    """float32 * float64 computes in float64 (NumPy's rule); as in PyTorch, each .grad has the
+    dtype of its tensor, so a float32 parameter keeps float32 gradients and optimizer state."""
+    w = Tensor(np.array([1.5, -2.0, 0.25], np.float32), requires_grad=True)
+    x = Tensor(np.array([1.0, 2.0, 3.0]), requires_grad=True)
+    out = (w * x).sum()
+    assert out.dtype == np.float64
+    out.backward(create_graph=True)
+    assert w.grad.dtype == np.float32 and x.grad.dtype == np.float64
+    np.testing.assert_array_equal(w.grad.data, x.data.astype(np.float32))
+    np.testing.assert_array_equal(x.grad.data, w.data.astype(np.float64))
+    (gx,) = grad((w.grad * w.grad).sum(), [x])  # the float32 gradient still differentiates
+    assert gx.dtype == np.float64
+    np.testing.assert_allclose(gx.data, 2 * x.data)
 
 
 def test_constructor_dtype_rules() -> None:

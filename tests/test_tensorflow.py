@@ -129,6 +129,8 @@ ELEMENTWISE = [same(f"{name}-{_sid(sa)}|{_sid(sb)}", fn, sa, sb, positive=pos)
     case("relu", lambda x: x.relu(), lambda tf, x: tf.nn.relu(x), (2, 3, 4)),
     case("tanh", lambda x: x.tanh(), lambda tf, x: tf.tanh(x), (2, 3, 4)),
     case("sigmoid", lambda x: x.sigmoid(), lambda tf, x: tf.sigmoid(x), (2, 3, 4)),
+    case("astype-float32", lambda x: x.astype(np.float32), lambda tf, x: tf.cast(x, tf.float32),
+         (2, 3, 4)),
     case("sigmoid-saturated", lambda x: (x * 400).sigmoid(), lambda tf, x: tf.sigmoid(x * 400),
          (3, 4)),
 ]

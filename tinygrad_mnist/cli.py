@@ -9,8 +9,6 @@ import argparse
 import sys
 
 
-
-
 def _hidden(text: str) -> tuple[int, ...]:
     try:
         sizes = tuple(int(s) for s in text.split(",") if s.strip())

@@ -213,6 +213,9 @@ class Tensor:
     def broadcast_to(self, shape: Sequence[int]) -> Tensor:
         return BroadcastTo.apply(self, shape=tuple(shape))
 
+    def astype(self, dtype: Any) -> Tensor:
+        return Cast.apply(self, dtype=np.dtype(dtype))
+
     def log_softmax(self, axis: int = -1) -> Tensor:
         return LogSoftmax.apply(self, axis=axis)
 
@@ -276,6 +279,8 @@ def _backprop(root: Tensor, seed: Any, retain_graph: bool, create_graph: bool,
                     if pg.shape != p.shape:
                         raise RuntimeError(f"{type(ctx).__name__}.backward returned a gradient of "
                                            f"shape {pg.shape} for an input of shape {p.shape}")
+                if pg.data.dtype != p.data.dtype:  # float32 * float64 is float64; x.grad is x's dtype
+                    pg = pg.astype(p.dtype)
                 k = id(p)
                 if k in grads:
                     grads[k] = grads[k] + pg
@@ -569,6 +574,14 @@ class BroadcastTo(Function):
         return np.broadcast_to(x.data, shape).copy()  # a writable array, not a stride-0 view
 
     def backward(ctx, out, g): return g  # the engine sums the broadcast axes away
+
+
+class Cast(Function):
+    def forward(ctx, x, dtype):
+        ctx.save(x.dtype)
+        return x.data.astype(dtype)  # always a copy: in-place updates of one never reach the other
+
+    def backward(ctx, out, g): return g.astype(ctx.saved[0])
 
 
 class GetItem(Function):
