@@ -254,4 +254,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except RuntimeError as e:  # a worker failed: its own message says why
+        sys.exit(f"benchmark failed: {e}")

@@ -82,12 +82,15 @@ def _openblas_threads() -> int | None:
 def serve(args: argparse.Namespace, out: Any) -> None:
     import numpy as np
 
-    from tinygrad_mnist.data import load_mnist
+    from tinygrad_mnist.data import MNISTError, load_mnist
 
     from .contenders import accuracy, epoch_order, initial_params, make_trainer, run_epoch
 
     info = _set_library_threads(args.contender, args.threads)
-    data = load_mnist(args.data, val_size=0)
+    try:
+        data = load_mnist(args.data, val_size=0)
+    except MNISTError as e:  # the one likely mistake: say it in a line, not a traceback
+        sys.exit(f"no MNIST for the benchmark (pass --data DIR or set $TINYGRAD_MNIST_DATA): {e}")
     train_x, train_y = data.train_x[:args.limit], data.train_y[:args.limit]
     test_x, test_y = data.test_x, data.test_y
     load_peak = _peak_rss_mb()
