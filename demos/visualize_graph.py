@@ -14,8 +14,9 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout, no install
 
-from tinygrad_mnist import Tensor, name_scope  # noqa: E402
+from tinygrad_mnist import Tensor  # noqa: E402
 from tinygrad_mnist.graph import draw_graph, render_to, retain_grads  # noqa: E402
+from tinygrad_mnist.nn import MLP, cross_entropy  # noqa: E402
 
 
 def expression() -> Tensor:
@@ -29,26 +30,14 @@ def expression() -> Tensor:
     return e
 
 
-def linear(x: Tensor, n_in: int, n_out: int, rng: np.random.Generator, tag: str) -> Tensor:
-    """x @ W + b in a name_scope, as the nn module's Linear records it."""
-    W = Tensor((rng.standard_normal((n_in, n_out)) / np.sqrt(n_in)).astype(np.float32),
-               requires_grad=True, name=f"W{tag}")
-    b = Tensor(np.zeros(n_out, np.float32), requires_grad=True, name=f"b{tag}")
-    with name_scope(f"Linear({n_in}→{n_out})"):
-        return x @ W + b
-
-
 def mlp_loss(batch: int = 4, seed: int = 0) -> Tensor:
-    """Cross-entropy of a 784→16→10 MLP on a random batch (no MNIST needed)."""
+    """Cross-entropy of the project's 784-16-10 MLP on a random batch (no MNIST needed); each
+    Linear layer records its ops under a name_scope, so it is drawn as one labelled box."""
     rng = np.random.default_rng(seed)
     x = Tensor(rng.random((batch, 784), dtype=np.float32), name="x (images)")
-    labels = rng.integers(0, 10, batch)
-    h = linear(x, 784, 16, rng, "1").relu()
-    logits = linear(h, 16, 10, rng, "2")
-    with name_scope("CrossEntropy"):
-        picked = logits.log_softmax(axis=1)[np.arange(batch), labels]
-        loss = -picked.mean()
+    loss = cross_entropy(MLP([784, 16, 10], seed=seed)(x), rng.integers(0, 10, batch))
     loss.name = "loss"
+    retain_grads(loss)
     loss.backward()
     return loss
 
