@@ -112,10 +112,25 @@ def test_worker_trains_and_reports(mnist_dir):
     proc = subprocess.run(
         [sys.executable, "-m", "benchmarks.worker", "numpy", "--limit", "640",
          "--warmup-steps", "1", "--data", str(mnist_dir)],
-        input=json.dumps({"cmd": "epoch", "epoch": 0}) + "\n" + json.dumps({"cmd": "quit"}) + "\n",
+        input="".join(json.dumps(cmd) + "\n" for cmd in [
+            *({"cmd": "train", "epoch": 0, "part": k, "parts": 2} for k in range(2)),
+            {"cmd": "test"}, {"cmd": "quit"}]),
         cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
-    ready, epoch, done = (json.loads(line) for line in proc.stdout.splitlines())
+    ready, part0, part1, test, done = (json.loads(line) for line in proc.stdout.splitlines())
     assert ready["ready"] and ready["openblas_threads"] in (1, None)
-    assert epoch["steps"] == 5 and epoch["seconds"] > 0 and 0.3 < epoch["test_accuracy"] <= 1
+    assert (part0["steps"], part1["steps"]) == (2, 3)  # 5 batches of the 640 examples, split
+    assert part0["seconds"] > 0 and part1["seconds"] > 0 and 0.3 < test["test_accuracy"] <= 1
     assert done["peak_rss_mb"] > 200 and done["load_peak_rss_mb"] > 200  # MNIST as float32 alone
+
+
+def test_overhead_measurement_reports_every_figure():
+    """The per-op, per-step and backward-chain figures the benchmark's table quotes (a small
+    run; the chain's own check, x.grad == 1 after 1,000 multiplies by 1, runs inside)."""
+    from benchmarks.worker import measure_overhead
+
+    ov = measure_overhead(chain=1000, number=400, repeat=1)
+    assert ov["chain_ops"] == 1000
+    for key in ("op_recorded_us", "op_no_grad_us", "numpy_add_us", "tiny_step_engine_us",
+                "tiny_step_numpy_us", "chain_forward_s", "chain_backward_s"):
+        assert 0 < ov[key] < 1e6, key

