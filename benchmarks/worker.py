@@ -2,8 +2,9 @@
 
 Started by `train_speed` (which pins the BLAS thread variables before this process starts).
 It loads the data, builds the trainer, warms it up (then restores the initial weights), says
-"ready", and then trains one epoch each time it reads an `epoch` command on stdin, so the
-parent can interleave the contenders epoch by epoch. Replies are JSON lines on the original
+"ready", and then trains one part of an epoch each time it reads a `train` command on stdin
+(and reports test accuracy on `test`), so the parent can interleave the contenders finely.
+Replies are JSON lines on the original
 stdout; anything libraries print goes to stderr.
 
 `python -m benchmarks.worker overhead` instead measures the engine's own per-op costs.
@@ -106,10 +107,14 @@ def serve(args: argparse.Namespace, out: Any) -> None:
 
     for line in sys.stdin:
         cmd = json.loads(line)
-        if cmd["cmd"] == "epoch":
+        if cmd["cmd"] == "train":  # part `part` of `parts` of the epoch's batches
             order = epoch_order(args.seed, cmd["epoch"], len(train_x))
-            seconds, steps = run_epoch(trainer, train_x, train_y, order, args.batch)
-            _reply(out, seconds=seconds, steps=steps, test_accuracy=accuracy(trainer, test_x, test_y))
+            bounds = np.linspace(0, -(-len(order) // args.batch), cmd["parts"] + 1).astype(int)
+            lo, hi = bounds[cmd["part"]:cmd["part"] + 2] * args.batch
+            seconds, steps = run_epoch(trainer, train_x, train_y, order[lo:hi], args.batch)
+            _reply(out, seconds=seconds, steps=steps)
+        elif cmd["cmd"] == "test":
+            _reply(out, test_accuracy=accuracy(trainer, test_x, test_y))
         elif cmd["cmd"] == "quit":
             _reply(out, peak_rss_mb=_peak_rss_mb(), load_peak_rss_mb=load_peak,
                    rss_before_training_mb=rss_before, peak_reset=peak_reset)
@@ -117,8 +122,9 @@ def serve(args: argparse.Namespace, out: Any) -> None:
 
 
 def measure_overhead(chain: int = 100_000, number: int = 20_000, repeat: int = 5) -> dict[str, float]:
-    """The engine's fixed cost per op (a 1-element add, timed many times) and backward's per-node
-    cost (a long chain of multiplies), next to NumPy's own cost for the same add."""
+    """The engine's fixed cost per op (a 1-element add, timed many times) and per training step
+    (a tiny MLP), and backward's per-node cost (a long chain of multiplies), next to NumPy's own
+    cost for the same add and the same step."""
     import statistics
     import timeit
 
@@ -136,6 +142,18 @@ def measure_overhead(chain: int = 100_000, number: int = 20_000, repeat: int = 5
         unrecorded = best_us(lambda: a + b)
     raw = best_us(lambda: a.data + b.data)
 
+    # A whole training step where BLAS time is nil (a 4-4-2 MLP on 2 examples): what is left is
+    # the fixed cost per step, the engine's bookkeeping against the hand-written code's.
+    from .contenders import initial_params, make_trainer
+
+    tiny = initial_params([4, 4, 2], seed=0)
+    x, y = np.random.default_rng(0).random((2, 4), dtype=np.float32), np.array([0, 1])
+    step_us = {}
+    for name in ("engine", "numpy"):
+        trainer = make_trainer(name, tiny)
+        step_us[name] = min(timeit.repeat(lambda: trainer.step(x, y), number=number // 4,
+                                          repeat=repeat)) / (number // 4) * 1e6
+
     build, backward = [], []
     c = Tensor(np.ones((), np.float32))
     for _ in range(3):
@@ -149,6 +167,7 @@ def measure_overhead(chain: int = 100_000, number: int = 20_000, repeat: int = 5
         backward.append(time.perf_counter() - start)
         assert x.grad is not None and x.grad.item() == 1.0
     return {"op_recorded_us": recorded, "op_no_grad_us": unrecorded, "numpy_add_us": raw,
+            "tiny_step_engine_us": step_us["engine"], "tiny_step_numpy_us": step_us["numpy"],
             "chain_ops": chain, "chain_forward_s": statistics.median(build),
             "chain_backward_s": statistics.median(backward)}
 
