@@ -6,7 +6,7 @@ Each contender runs in its own worker process (so each peak RSS is its own), all
 model are started together, and the parent has them train each epoch in --parts slices taken
 in turn, rotating the order every slice, so whatever else the machine is doing (it changes from
 second to second) hits every contender alike; a contender's epoch time is the sum of its slices.
-Ratios are the median over rounds of the per-round ratio. Writes train_speed.json and
+Ratios are the median over epochs of the per-epoch ratio. Writes train_speed.json and
 train_speed.md into --out.
 
 The thread variables are set here, before any process imports NumPy: this module imports

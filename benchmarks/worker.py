@@ -4,8 +4,7 @@ Started by `train_speed` (which pins the BLAS thread variables before this proce
 It loads the data, builds the trainer, warms it up (then restores the initial weights), says
 "ready", and then trains one part of an epoch each time it reads a `train` command on stdin
 (and reports test accuracy on `test`), so the parent can interleave the contenders finely.
-Replies are JSON lines on the original
-stdout; anything libraries print goes to stderr.
+Replies are JSON lines on the original stdout; anything libraries print goes to stderr.
 
 `python -m benchmarks.worker overhead` instead measures the engine's own per-op costs.
 """
