@@ -10,7 +10,7 @@ import warnings
 import numpy as np
 import pytest
 
-from tinygrad_mnist import Tensor, grad, gradcheck, gradgradcheck
+from tinygrad_mnist import Tensor, grad, gradcheck, gradgradcheck, no_grad
 from tinygrad_mnist.nn import MLP, Dropout, Linear, Module, ReLU, Sequential, cross_entropy
 
 # ----------------------------------------------------------------------------- helpers
@@ -281,6 +281,23 @@ def test_fused_linear_matches_matmul_plus_bias_and_passes_gradcheck(x_needs_grad
     inputs = [x, Tensor(layer.weight.data, requires_grad=True),
               Tensor(layer.bias.data, requires_grad=True)]
     assert gradcheck(f, inputs) and gradgradcheck(f, inputs)
+
+
+@pytest.mark.parametrize("frozen", ["weight", "bias"])
+def test_fused_linear_with_a_frozen_parameter_gives_it_no_gradient(frozen):
+    layer = Linear(4, 3, rng=np.random.default_rng(0))
+    getattr(layer, frozen).requires_grad = False
+    x = Tensor(np.ones((2, 4), np.float32), requires_grad=True)
+    out = layer(x)
+    with no_grad():  # the rule itself skips the frozen parameter's work (a matmul for weight)
+        rule = out._ctx.backward(out, Tensor(np.ones((2, 3), np.float32)))
+    assert [g is None for g in rule] == [False, frozen == "weight", frozen == "bias"]
+    out.sum().backward()
+    trained = "bias" if frozen == "weight" else "weight"
+    assert getattr(layer, frozen).grad is None
+    assert getattr(layer, trained).grad.shape == getattr(layer, trained).shape
+    np.testing.assert_allclose(x.grad.data, np.tile(layer.weight.data.sum(axis=1), (2, 1)),
+                               rtol=1e-6)
 
 
 def test_linear_he_init_statistics():

@@ -114,15 +114,17 @@ class Affine(Function):
     of two — about 3 % of a training step of the MLPs in the benchmark."""
 
     def forward(ctx, x, w, b):
-        ctx.save(x, w)
+        ctx.save(x, w, b)
         return x.data @ w.data + b.data
 
     def backward(ctx, out, g):
-        x, w = ctx.saved
+        x, w, b = ctx.saved  # each gradient only where needed: a frozen layer skips its matmul
         if is_grad_enabled():  # create_graph: the gradient must be made of recorded ops
-            return (g @ w.T if x.requires_grad else None), x.T @ g, g.sum(axis=0)
+            return (g @ w.T if x.requires_grad else None, x.T @ g if w.requires_grad else None,
+                    g.sum(axis=0) if b.requires_grad else None)
         return (_const(g.data @ w.data.T) if x.requires_grad else None,
-                _const(x.data.T @ g.data), _const(g.data.sum(axis=0)))
+                _const(x.data.T @ g.data) if w.requires_grad else None,
+                _const(g.data.sum(axis=0)) if b.requires_grad else None)
 
 
 class ReLU(Module):
