@@ -62,3 +62,29 @@ def mnist_dir() -> Path:
             pass
     require((d / "train-images-idx3-ubyte.gz").exists(), f"MNIST files in {d}")
     return d
+
+
+@pytest.fixture(scope="session")
+def browser():
+    """Headless Debian Chromium driven by selenium; one browser for the whole session.
+
+    The flags keep Chromium off the network (this machine has none) and work as root."""
+    chromium, driver_path = shutil.which("chromium"), shutil.which("chromedriver")
+    require(chromium is not None and driver_path is not None,
+            "Chromium and its driver (apt-get install chromium chromium-driver)")
+    try:
+        from selenium import webdriver
+        from selenium.webdriver.chrome.service import Service
+    except ImportError:
+        webdriver = None
+    require(webdriver is not None, "selenium (pip install selenium)")
+    options = webdriver.ChromeOptions()
+    options.binary_location = chromium
+    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                 "--disable-quic", "--no-first-run", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--window-size=1280,1000"):
+        options.add_argument(flag)
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    driver = webdriver.Chrome(service=Service(driver_path), options=options)
+    yield driver
+    driver.quit()
