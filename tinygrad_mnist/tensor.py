@@ -77,8 +77,21 @@ class name_scope:
 # ----------------------------------------------------------------------------- Tensor
 
 
-def _as_array(data: Any, dtype: Any) -> np.ndarray:
-    """Turn user data into an ndarray: float arrays keep their dtype, everything else is float32."""
+def _numeric_dtype(dtype: Any) -> np.dtype:
+    """np.dtype(dtype), refusing what a Tensor cannot hold (strings, objects, complex)."""
+    try:
+        dt = np.dtype(dtype)
+    except TypeError:
+        dt = None
+    if dt is None or dt.kind not in "biuf":
+        raise TypeError(f"dtype must be a float, int or bool type (e.g. np.float32, np.int64, "
+                        f"bool); got {dtype!r}")
+    return dt
+
+
+def _as_array(data: Any, dtype: Any, default: Any = np.float32) -> np.ndarray:
+    """Turn user data into an ndarray: float arrays keep their dtype, everything else becomes
+    `default` (float32 for a new Tensor; the other operand's float dtype beside a Tensor)."""
     if isinstance(data, Tensor):
         raise TypeError("Tensor(...) got a Tensor; use t.detach() to share its data, "
                         "or Tensor(t.numpy().copy()) for a copy")
@@ -87,10 +100,10 @@ def _as_array(data: Any, dtype: Any) -> np.ndarray:
         raise TypeError(f"Tensor data must be numbers (bool, int or float); got an array of "
                         f"dtype {arr.dtype} from {type(data).__name__}")
     if dtype is not None:
-        return arr.astype(dtype, copy=False)
+        return arr.astype(_numeric_dtype(dtype), copy=False)
     if arr.dtype.kind == "f" and isinstance(data, (np.ndarray, np.floating)):
         return arr
-    return arr.astype(np.float32)
+    return arr.astype(default)
 
 
 class Tensor:
@@ -152,20 +165,24 @@ class Tensor:
         return len(self.data)
 
     def __repr__(self) -> str:
-        extra = (", requires_grad=True" if self.requires_grad else "") + \
+        """Like PyTorch: an op's output names the op (grad_fn=Tanh), a leaf says requires_grad."""
+        extra = (f", grad_fn={type(self._ctx).__name__}" if self._ctx is not None else
+                 ", requires_grad=True" if self.requires_grad else "") + \
                 (f", name={self.name!r}" if self.name else "")
         return f"Tensor({np.array2string(self.data, precision=4, threshold=20)}, " \
                f"dtype={self.dtype}{extra})"
 
     # --- operators
     def _lift(self, other: Any) -> Tensor:
-        """Make the other operand a Tensor; a Python number takes this tensor's float dtype."""
+        """Make the other operand a Tensor. A Python number, a list or an integer array takes
+        this tensor's float dtype (float32 beside an integer tensor); a float array keeps its own."""
         if isinstance(other, Tensor):
             return other
+        own = self.dtype if self.dtype.kind == "f" else np.float32
         if isinstance(other, (int, float, np.number)):
-            return Tensor._wrap(np.asarray(other, self.dtype if self.dtype.kind == "f" else np.float32))
+            return Tensor._wrap(np.asarray(other, own))
         if isinstance(other, (np.ndarray, list, tuple)):
-            return Tensor(other)
+            return Tensor._wrap(_as_array(other, None, default=own))
         raise TypeError(f"unsupported operand: Tensor and {type(other).__name__}")
 
     def __add__(self, o): return Add.apply(self, self._lift(o))
@@ -190,7 +207,7 @@ class Tensor:
     def mean(self, axis=None, keepdims: bool = False) -> Tensor:
         axes = _axes(axis, self.ndim)
         count = int(np.prod([self.shape[a] for a in axes]))
-        return self.sum(axes, keepdims) * (1.0 / max(count, 1))
+        return self.sum(axes, keepdims) * (1.0 / count if count else float("nan"))  # as NumPy
 
     def max(self, axis=None, keepdims: bool = False) -> Tensor:
         return Max.apply(self, axis=_axes(axis, self.ndim), keepdims=keepdims)
@@ -214,13 +231,22 @@ class Tensor:
         return BroadcastTo.apply(self, shape=tuple(shape))
 
     def astype(self, dtype: Any) -> Tensor:
-        return Cast.apply(self, dtype=np.dtype(dtype))
+        """A copy in another dtype. Only a cast to a float type is differentiable; an integer
+        or bool result is a constant (requires_grad=False), as in PyTorch and TensorFlow."""
+        dtype = _numeric_dtype(dtype)
+        if dtype.kind != "f":
+            return Tensor._wrap(self.data.astype(dtype))
+        return Cast.apply(self, dtype=dtype)
 
     def log_softmax(self, axis: int = -1) -> Tensor:
-        return LogSoftmax.apply(self, axis=axis)
+        if self.ndim == 0:  # one value: log_softmax is 0, its gradient 0
+            return self.reshape(1).log_softmax(0).reshape(())
+        return LogSoftmax.apply(self, axis=_axis(axis, self.ndim))
 
     def softmax(self, axis: int = -1) -> Tensor:
-        return Softmax.apply(self, axis=axis)
+        if self.ndim == 0:  # one value: softmax is 1, its gradient 0
+            return self.reshape(1).softmax(0).reshape(())
+        return Softmax.apply(self, axis=_axis(axis, self.ndim))
 
     # --- autodiff
     def backward(self, grad: Any = None, retain_graph: bool = False,
@@ -233,17 +259,27 @@ class Tensor:
 def grad(output: Tensor, inputs: Sequence[Tensor], grad_output: Any = None,
          retain_graph: bool = False, create_graph: bool = False) -> list[Tensor | None]:
     """d(output)/d(input) for each input, returned rather than stored in `.grad`."""
-    grads = _backprop(output, grad_output, retain_graph, create_graph, store=False)
-    return [grads.get(id(t)) for t in inputs]
+    inputs = list(inputs) if isinstance(inputs, (list, tuple)) else inputs
+    if not isinstance(inputs, list):
+        raise TypeError(f"grad() inputs must be a list of Tensors, got {type(inputs).__name__}")
+    for i, t in enumerate(inputs):
+        if not isinstance(t, Tensor):
+            raise TypeError(f"grad() inputs[{i}] is a {type(t).__name__}, expected a Tensor "
+                            f"(the gradient is taken with respect to Tensors in the graph)")
+    handed: set[int] = set()
+    grads = _backprop(output, grad_output, retain_graph, create_graph, store=False, handed=handed)
+    with set_grad_enabled(create_graph):
+        return [_owned(grads[id(t)], handed) if id(t) in grads else None for t in inputs]
 
 
 def _backprop(root: Tensor, seed: Any, retain_graph: bool, create_graph: bool,
-              store: bool) -> dict[int, Tensor]:
+              store: bool, handed: set[int] | None = None) -> dict[int, Tensor]:
     if not isinstance(root, Tensor):
         raise TypeError(f"backward needs a Tensor, got {type(root).__name__}")
     if not root.requires_grad:
         raise RuntimeError("backward() on a Tensor that does not require grad: no input had "
                            "requires_grad=True, or it was computed under no_grad()")
+    handed = set() if handed is None else handed  # ids of arrays that a .grad may not take
     if seed is None:
         if root.size != 1:
             raise RuntimeError(f"backward() on a non-scalar Tensor of shape {root.shape} needs "
@@ -254,6 +290,7 @@ def _backprop(root: Tensor, seed: Any, retain_graph: bool, create_graph: bool,
         if seed.shape != root.shape:
             raise ValueError(f"backward() grad has shape {seed.shape}, expected the output's "
                              f"shape {root.shape}")
+        handed.add(id(seed.data))  # the caller's array: a .grad may not take it over
     retain_graph = retain_graph or create_graph  # the gradient's graph reuses this one's tensors
     grads, todo, leaves = {id(root): seed}, [], []
     _reached(root, todo, leaves)
@@ -263,7 +300,7 @@ def _backprop(root: Tensor, seed: Any, retain_graph: bool, create_graph: bool,
             # free each gradient once used: keeping them all costs ~4% of a training step
             g = grads.pop(id(t)) if store else grads[id(t)]
             if store and t._retains_grad:
-                t.grad = g if t.grad is None else t.grad + g
+                t.grad = _owned(g, handed) if t.grad is None else t.grad + g
             ctx = t._ctx
             if ctx.saved is None:
                 raise RuntimeError(f"backward through {type(ctx).__name__} a second time: the graph "
@@ -292,8 +329,19 @@ def _backprop(root: Tensor, seed: Any, retain_graph: bool, create_graph: bool,
         if store:
             for t in leaves:
                 g = grads[id(t)]
-                t.grad = g if t.grad is None else t.grad + g
+                t.grad = _owned(g, handed) if t.grad is None else t.grad + g
     return grads
+
+
+def _owned(g: Tensor, handed: set[int]) -> Tensor:
+    """g, if its array is one no one else holds; else a copy. Rules pass one gradient to
+    several inputs (Add gives g to both) or a view of it (Reshape), and the seed is the
+    caller's, so without this `p.grad.data *= 0.5` could scale two parameters' gradients
+    at once. Gradients fresh from a product or sum (most, and the big ones) are kept as is."""
+    if g.data.base is None and id(g.data) not in handed:
+        handed.add(id(g.data))
+        return g
+    return Cast.apply(g, dtype=g.dtype)  # Cast always copies; under create_graph it is recorded
 
 
 def _reached(t: Tensor, todo: list, leaves: list[Tensor]) -> None:
@@ -313,9 +361,11 @@ def _unbroadcast(g: Tensor, shape: tuple) -> Tensor:
     if lead < 0:
         return g  # a rule's wrongly shaped gradient: backward names it
     stretched = tuple(lead + i for i, n in enumerate(shape) if n == 1 and g.shape[lead + i] != 1)
-    if not _grad_enabled:  # no graph wanted: one NumPy sum (a bias gradient every step)
-        return _const(g.data.sum(axis=tuple(range(lead)) + stretched, keepdims=True)
-                      .reshape(shape)) if lead or stretched else g
+    if not _grad_enabled:  # no graph wanted: plain NumPy sums (a bias gradient every step)
+        arr = g.data.sum(axis=tuple(range(lead))) if lead else g.data
+        if stretched:
+            arr = arr.sum(axis=tuple(a - lead for a in stretched), keepdims=True)
+        return _const(arr) if lead or stretched else g
     if lead:
         g = g.sum(axis=tuple(range(lead)))
     return g.sum(axis=tuple(a - lead for a in stretched), keepdims=True) if stretched else g
@@ -325,11 +375,27 @@ def _axes(axis: Any, ndim: int) -> tuple[int, ...]:
     """Normalize an axis argument (None, int or sequence) to a tuple of non-negative ints."""
     if axis is None:
         return tuple(range(ndim))
-    axes = (axis,) if isinstance(axis, (int, np.integer)) else tuple(axis)
+    axes = (axis,) if _is_int(axis) else tuple(axis) if isinstance(axis, (tuple, list)) else None
+    if axes is None or not all(_is_int(a) for a in axes):
+        raise TypeError(f"axis must be None, an int or a tuple of ints; got {axis!r}")
     for a in axes:
         if not -ndim <= a < ndim:
             raise ValueError(f"axis {a} is out of range for a tensor with {ndim} dimensions")
-    return tuple(sorted(int(a) % ndim for a in axes))
+    normal = tuple(sorted(int(a) % ndim for a in axes))
+    if len(set(normal)) < len(normal):
+        raise ValueError(f"axis {axis!r} names the same dimension twice")
+    return normal
+
+
+def _axis(axis: Any, ndim: int) -> int:
+    """Normalize a single-axis argument (softmax's) to a non-negative int."""
+    if not _is_int(axis):
+        raise TypeError(f"axis must be an int; got {axis!r}")
+    return _axes(axis, ndim)[0]
+
+
+def _is_int(a: Any) -> bool:
+    return isinstance(a, (int, np.integer)) and not isinstance(a, (bool, np.bool_))
 
 
 def _kept_shape(shape: tuple, axes: tuple) -> tuple:
@@ -443,9 +509,16 @@ class Pow(Function):
         return x.data ** y.data
 
     def backward(ctx, out, g):
+        # Where y = 0, x ** y is 1 for every x: its d/dx is 0, also at x = 0 (where y * x ** (y - 1)
+        # would be 0 * inf). Where x = 0, d/dy of 0 ** y is 0 for y > 0: log(x) counts as 0 there.
+        # Constant masks keep the rule differentiable, so second derivatives stay finite too.
         x, y = ctx.saved
-        gx = g * y * x ** (y - 1) if x.requires_grad else None
-        gy = g * out * x.log() if y.requires_grad else None
+        gx = g * y * x ** (y - 1 + _const(y.data == 0)) if x.requires_grad else None
+        if y.requires_grad:
+            zero = _const((x.data == 0).astype(x.dtype))
+            gy = g * out * (x + zero).log()
+        else:
+            gy = None
         return gx, gy
 
 
