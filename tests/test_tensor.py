@@ -824,6 +824,9 @@ def test_pow_at_base_zero_has_the_limits_as_gradients() -> None:
 def test_pow_away_from_zero_still_matches_finite_differences() -> None:
     check_grads(lambda a, b: a ** b, rand((2, 3), 0.3, 2.0), rand((2, 3), -1.5, 2.0, seed=1))
     check_grads(lambda a: a ** 0.0 + a ** 3.0, rand((3,), 0.3, 2.0))
+    # an exponent of exactly 0 with x > 0: d²/dxdy = 1/x there (the fuzzer found this one)
+    check_grads(lambda a, b: a ** b, rand((3,), 0.3, 2.0),
+                Tensor(np.array([0.0, 1.0, 2.0]), requires_grad=True))
 
 
 def test_each_grad_owns_its_array() -> None:
