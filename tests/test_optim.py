@@ -140,7 +140,7 @@ def test_float32_parameters_and_state_stay_float32(kind):
     opt = OPTIMIZERS[kind](params)
     run_steps(opt, params, grad_sequence(3, np.float32))
     assert all(p.dtype == np.float32 for p in params)
-    assert all(v.dtype == np.float32 for k, v in opt.state_dict().items() if k != "steps")
+    assert all(v.dtype == np.float32 for k, v in opt.state_dict().items() if v.ndim)
 
 
 @pytest.mark.parametrize("kind", list(OPTIMIZERS))
@@ -188,8 +188,8 @@ def test_load_state_dict_rejects_wrong_shape():
 @pytest.mark.parametrize("make,match", [
     (lambda: SGD([], lr=0.1), "SGD got no parameters"),
     (lambda: Adam(iter([])), "Adam got no parameters"),
-    (lambda: SGD(make_params(), lr=0.0), "learning rate must be positive, got 0.0"),
-    (lambda: Adam(make_params(), lr=-1e-3), "learning rate must be positive, got -0.001"),
+    (lambda: SGD(make_params(), lr=0.0), r"lr must be a finite number in \(0, inf\), got 0.0"),
+    (lambda: Adam(make_params(), lr=-1e-3), r"lr must be a finite number in \(0, inf\), got -0.001"),
     (lambda: SGD([*make_params(), Tensor(np.ones(2))], lr=0.1),
      "parameter 2 is not a Tensor with requires_grad=True"),
     (lambda: Adam([np.ones(2)]), "parameter 0 is not a Tensor with requires_grad=True"),
@@ -254,3 +254,122 @@ def test_mlp_learns_two_blobs(make_opt):
         logits = model(Tensor(x)).data
     assert losses[-1] < 0.5 * losses[0]
     assert (logits.argmax(axis=1) == y).mean() > 0.95
+
+
+# ----------------------------------------------------------------------------- per-parameter state
+
+
+def test_adam_counts_steps_per_parameter() -> None:
+    """A parameter that first gets a gradient at step 3 is bias-corrected as at its own step 1:
+    it moves exactly as it would under a fresh Adam that only ever saw its gradients."""
+    grads = grad_sequence(5)
+    params = make_params()
+    late = Tensor(params[1].data.copy(), requires_grad=True)
+    opt = Adam(params, lr=0.1)
+    alone = Adam([late], lr=0.1)
+    for t, step_grads in enumerate(grads):
+        params[0].grad = Tensor(step_grads[0])
+        params[1].grad = Tensor(step_grads[1]) if t >= 2 else None
+        opt.step()
+        if t >= 2:
+            late.grad = Tensor(step_grads[1])
+            alone.step()
+    np.testing.assert_allclose(params[1].data, late.data, rtol=1e-12)
+    assert int(opt.state_dict()["step.1"]) == 3 and int(opt.state_dict()["step.0"]) == 5
+
+
+@pytest.mark.parametrize("nesterov", [False, True])
+def test_sgd_momentum_is_not_advanced_for_a_parameter_without_grad(nesterov) -> None:
+    grads = grad_sequence(4)
+    params, ref = make_params(), make_params()
+    opt = SGD(params, lr=0.1, momentum=0.9, nesterov=nesterov)
+    ref_opt = SGD(ref[1:], lr=0.1, momentum=0.9, nesterov=nesterov)
+    for t, step_grads in enumerate(grads):
+        params[0].grad = Tensor(step_grads[0])
+        params[1].grad = None if t == 1 else Tensor(step_grads[1])
+        opt.step()
+        if t != 1:
+            ref[1].grad = Tensor(step_grads[1])
+            ref_opt.step()
+    np.testing.assert_array_equal(params[1].data, ref[1].data)
+
+
+def test_adam_checkpoint_keeps_per_parameter_step_counts() -> None:
+    grads = grad_sequence(6, np.float32)
+    a_params, b_params = make_params(np.float32), make_params(np.float32)
+    a, b = Adam(a_params, lr=0.05), Adam(b_params, lr=0.05)
+
+    def feed(opt, params, t):
+        params[0].grad = Tensor(grads[t][0])
+        params[1].grad = Tensor(grads[t][1]) if t >= 2 else None
+        opt.step()
+
+    for t in range(3):
+        feed(a, a_params, t)
+    for p, q in zip(a_params, b_params):
+        q.data[...] = p.data
+    b.load_state_dict(a.state_dict())
+    for t in range(3, 6):
+        feed(a, a_params, t)
+        feed(b, b_params, t)
+    for p, q in zip(a_params, b_params):
+        np.testing.assert_array_equal(p.data, q.data)
+
+
+# ----------------------------------------------------------------------------- bad hyperparameters and state
+
+
+@pytest.mark.parametrize("make,match", [
+    (lambda: SGD(make_params(), lr=float("nan")), r"lr must be a finite number in \(0, inf\), got nan"),
+    (lambda: SGD(make_params(), lr=float("inf")), r"lr must be a finite number in \(0, inf\), got inf"),
+    (lambda: SGD(make_params(), lr=0.1, momentum=-0.5), r"momentum must be .* \[0, inf\), got -0.5"),
+    (lambda: SGD(make_params(), lr=0.1, momentum=float("nan")), r"momentum must be .* got nan"),
+    (lambda: SGD(make_params(), lr=0.1, weight_decay=-1e-4), r"weight_decay must be .* got -0.0001"),
+    (lambda: Adam(make_params(), betas=(1.5, 0.9)), r"betas\[0\] must be a finite number in \[0, 1\)"),
+    (lambda: Adam(make_params(), betas=(0.9, 1.0)), r"betas\[1\] must be a finite number in \[0, 1\)"),
+    (lambda: Adam(make_params(), betas=(0.9,)), r"betas must be a pair"),
+    (lambda: Adam(make_params(), eps=0.0), r"eps must be a finite number in \(0, inf\), got 0.0"),
+    (lambda: Adam(make_params(), eps=-1e-8), r"eps must be a finite number in \(0, inf\)"),
+    (lambda: Adam(make_params(), weight_decay=float("inf")), r"weight_decay must be .* got inf"),
+])
+def test_bad_hyperparameters_are_value_errors(make, match) -> None:
+    with pytest.raises(ValueError, match=match):
+        make()
+
+
+def test_non_number_hyperparameter_is_a_type_error() -> None:
+    with pytest.raises(TypeError, match="lr must be a number, got str"):
+        SGD(make_params(), lr="0.1")
+
+
+def _trained_state(kind: str) -> dict:
+    params = make_params()
+    opt = OPTIMIZERS[kind](params)
+    run_steps(opt, params, grad_sequence(2))
+    return opt.state_dict()
+
+
+@pytest.mark.parametrize("kind,edit,match", [
+    ("adam", lambda s: {**s, "momentum.0": s["m.0"]}, r"unknown key 'momentum.0'"),
+    ("adam", lambda s: {**s, "m.7": s["m.0"]}, r"unknown key 'm.7'"),
+    ("sgd", lambda s: {**s, "velocity.0": np.zeros(SHAPES[0])},
+     r"unknown key 'velocity.0'; expected 'steps' only"),
+    ("adam", lambda s: {k: v for k, v in s.items() if k != "steps"}, r"no 'steps' entry"),
+    ("adam", lambda s: {k: v for k, v in s.items() if k != "v.1"}, r"parameter 1 is missing v.1"),
+    ("adam", lambda s: {k: v for k, v in s.items() if k != "step.0"}, r"parameter 0 is missing step.0"),
+    ("adam", lambda s: {**s, "step.0": np.array(0)}, r"step.0 must be a positive integer"),
+    ("adam", lambda s: {**s, "steps": np.array(-1)}, r"'steps' must be a non-negative integer"),
+    ("sgd-nesterov", lambda s: {**s, "velocity.0": np.array(["a"] * 12).reshape(SHAPES[0])},
+     r"velocity.0 must be numbers"),
+])
+def test_bad_state_dict_is_refused_and_changes_nothing(kind, edit, match) -> None:
+    params = make_params()
+    opt = OPTIMIZERS[kind](params)
+    run_steps(opt, params, grad_sequence(1, seed=5))
+    before = opt.state_dict()
+    with pytest.raises(ValueError, match=match):
+        opt.load_state_dict(edit(_trained_state(kind)))
+    after = opt.state_dict()
+    assert before.keys() == after.keys()
+    for k in before:
+        np.testing.assert_array_equal(before[k], after[k])

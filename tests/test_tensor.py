@@ -800,3 +800,155 @@ def test_indexing_with_a_float_tensor_is_refused() -> None:
         x[Tensor(np.array([True, False, True]))]
     np.testing.assert_array_equal(x[Tensor(np.array([2, 0]), dtype=np.int64)].data,
                                   x.data[[2, 0]])
+
+
+# ----------------------------------------------------------------------------- found by differential testing
+
+
+def test_pow_at_base_zero_has_the_limits_as_gradients() -> None:
+    """x ** 0 is 1 for every x (d/dx = 0, also at x = 0), and 0 ** y for y > 0 is 0 for
+    every y (d/dy = 0); second derivatives stay finite where the first ones are."""
+    x = Tensor(np.array([0.0, 0.0, 2.0]), requires_grad=True)
+    y = Tensor(np.array([0.0, 2.0, 0.0]), requires_grad=True)
+    (x ** y).sum().backward()
+    np.testing.assert_array_equal(x.grad.data, [0.0, 0.0, 0.0])
+    np.testing.assert_allclose(y.grad.data, [0.0, 0.0, np.log(2.0)])
+    gx, gy = grad((x ** y).sum(), [x, y], create_graph=True)
+    for first in (gx, gy):
+        for second in grad(first.sum(), [x, y], retain_graph=True):
+            assert np.isfinite(second.data).all(), second
+    (gx,) = grad((x ** y).sum(), [x], create_graph=True)
+    np.testing.assert_allclose(grad(gx.sum(), [x])[0].data, [0.0, 2.0, 0.0])  # y(y-1)x^(y-2)
+
+
+def test_pow_away_from_zero_still_matches_finite_differences() -> None:
+    check_grads(lambda a, b: a ** b, rand((2, 3), 0.3, 2.0), rand((2, 3), -1.5, 2.0, seed=1))
+    check_grads(lambda a: a ** 0.0 + a ** 3.0, rand((3,), 0.3, 2.0))
+    # an exponent of exactly 0 with x > 0: d²/dxdy = 1/x there (the fuzzer found this one)
+    check_grads(lambda a, b: a ** b, rand((3,), 0.3, 2.0),
+                Tensor(np.array([0.0, 1.0, 2.0]), requires_grad=True))
+
+
+def test_each_grad_owns_its_array() -> None:
+    x, w = rand((3,)), rand((3,), seed=1)
+    (x + w).sum().backward()
+    assert not np.shares_memory(x.grad.data, w.grad.data)
+    for p in (x, w):  # clipping every parameter's gradient in place halves each once
+        p.grad.data *= 0.5
+    np.testing.assert_array_equal(x.grad.data, np.full(3, 0.5))
+    np.testing.assert_array_equal(w.grad.data, np.full(3, 0.5))
+
+
+def test_grad_does_not_take_over_the_callers_seed_or_a_view_of_it() -> None:
+    seed = np.array([1.0, 2.0, 3.0])
+    x, z = rand((3,)), rand((1, 3), seed=1)
+    (x + 1.0).backward(seed)
+    assert not np.shares_memory(x.grad.data, seed)
+    (z.reshape(3) * 1.0 + 0.0).backward(Tensor(seed))
+    assert not np.shares_memory(z.grad.data, seed)
+    x.grad.data[...] = 0
+    np.testing.assert_array_equal(seed, [1.0, 2.0, 3.0])
+    y = rand((3,), seed=2)
+    y.retain_grad()
+    (y + x).backward(seed)  # a retained intermediate's gradient is its own too
+    assert not np.shares_memory(y.grad.data, x.grad.data)
+
+
+def test_accumulating_across_backward_calls_never_writes_into_a_held_array() -> None:
+    x = rand((3,))
+    (x * 2.0).sum().backward()
+    first = x.grad
+    held = first.data.copy()
+    (x * 3.0).sum().backward()
+    np.testing.assert_array_equal(first.data, held)  # the old gradient Tensor is untouched
+    np.testing.assert_array_equal(x.grad.data, np.full(3, 5.0))
+
+
+def test_grad_returns_arrays_of_their_own() -> None:
+    x, w = rand((3,)), rand((3,), seed=1)
+    gx, gw = grad((x + w).sum(), [x, w])
+    assert not np.shares_memory(gx.data, gw.data)
+    gx2, gw2 = grad((x + w).sum(), [x, w], create_graph=True)  # copies stay in the graph
+    assert not np.shares_memory(gx2.data, gw2.data)
+
+
+def test_integer_cast_is_not_differentiable() -> None:
+    x = Tensor(np.array([1.5, 2.5]), requires_grad=True)
+    i = x.astype(np.int64)
+    assert i.dtype == np.int64 and not i.requires_grad
+    np.testing.assert_array_equal(i.data, [1, 2])
+    out = (i * 2.5).sum() + x.sum()
+    out.backward()
+    np.testing.assert_array_equal(x.grad.data, [1.0, 1.0])  # only the x.sum() path
+    assert not x.astype(bool).requires_grad
+
+
+@pytest.mark.parametrize("name", ["softmax", "log_softmax"])
+def test_softmax_of_a_scalar_has_zero_gradient(name: str) -> None:
+    x = Tensor(np.array(0.7), requires_grad=True)
+    y = getattr(x, name)()
+    assert y.shape == ()
+    np.testing.assert_allclose(y.data, 1.0 if name == "softmax" else 0.0)
+    y.backward()
+    np.testing.assert_array_equal(x.grad.data, 0.0)
+
+
+def test_mean_of_nothing_is_nan_as_in_numpy() -> None:
+    assert np.isnan(Tensor(np.zeros((0,))).mean().item())
+    m = Tensor(np.zeros((3, 0))).mean(axis=1)
+    assert m.shape == (3,) and np.isnan(m.data).all()
+    np.testing.assert_array_equal(Tensor(np.zeros((0, 3))).mean(axis=0).data.shape, (3,))
+
+
+def test_list_and_integer_operands_take_the_tensors_float_dtype() -> None:
+    x64 = Tensor(np.array([1.0]))
+    assert (x64 + [0.1]).data[0] == 1.1
+    assert (x64 + np.array([1], np.int64)).dtype == np.float64
+    assert ([0.1] * x64).dtype == np.float64
+    x32 = Tensor(np.array([1.0], np.float32))
+    assert (x32 + [0.1]).dtype == np.float32
+    assert (x32 + np.array([0.1])).dtype == np.float64  # a float array keeps its own (NumPy's rule)
+
+
+# ----------------------------------------------------------------------------- bad input, clearly named
+
+
+@pytest.mark.parametrize("expr", [lambda t: t.sum(axis=1.5), lambda t: t.mean(axis=(0, 1.0)),
+                                  lambda t: t.max(axis="0"), lambda t: t.softmax(axis=(0, 1)),
+                                  lambda t: t.sum(axis=True)],
+                         ids=["sum_float", "mean_tuple_float", "max_str", "softmax_tuple", "bool"])
+def test_non_integer_axis_is_a_type_error_naming_axis(expr: Callable) -> None:
+    with pytest.raises(TypeError, match="axis must be"):
+        expr(rand((2, 3)))
+
+
+def test_repeated_axis_is_a_value_error() -> None:
+    with pytest.raises(ValueError, match="same dimension twice"):
+        rand((2, 3)).sum(axis=(1, -1))
+
+
+@pytest.mark.parametrize("make", [lambda: Tensor(1, dtype=str), lambda: Tensor([1.0]).astype(str),
+                                  lambda: Tensor([1.0]).astype(object),
+                                  lambda: Tensor([1.0], dtype=np.complex128),
+                                  lambda: Tensor([1.0], dtype="nonsense")],
+                         ids=["tensor_str", "astype_str", "astype_object", "complex", "unknown"])
+def test_non_numeric_dtype_is_refused(make: Callable) -> None:
+    with pytest.raises(TypeError, match="dtype must be a float, int or bool type"):
+        make()
+
+
+def test_grad_with_respect_to_a_non_tensor_is_a_type_error() -> None:
+    x = rand((2,))
+    with pytest.raises(TypeError, match=r"inputs\[1\] is a ndarray, expected a Tensor"):
+        grad((x * x).sum(), [x, np.ones(2)])
+    with pytest.raises(TypeError, match="must be a list of Tensors"):
+        grad((x * x).sum(), x)
+
+
+def test_repr_of_an_op_output_names_the_op() -> None:
+    x = Tensor(np.array([0.5]), requires_grad=True, name="x")
+    assert repr(x) == "Tensor([0.5], dtype=float64, requires_grad=True, name='x')"
+    assert repr(x.tanh()) == "Tensor([0.4621], dtype=float64, grad_fn=Tanh)"
+    assert "grad_fn=Add" in repr(x + 1) and "grad_fn=MatMul" in repr(x @ x)
+    with no_grad():
+        assert repr(x.tanh()) == "Tensor([0.4621], dtype=float64)"

@@ -34,7 +34,7 @@ def gradcheck(fn: Callable[..., Tensor], inputs: Tensor | Sequence[Tensor], eps:
             analytic = [None] * len(wrt)
         for i, a in zip(wrt, analytic):
             leaf = leaves[i]
-            a = np.zeros(leaf.shape) if a is None else a.data
+            arr = np.zeros(leaf.shape) if a is None else a.data
             flat = leaf.data.reshape(-1)  # a view: poking it perturbs the input in place
             for j in range(flat.size):
                 orig = flat[j]
@@ -43,7 +43,7 @@ def gradcheck(fn: Callable[..., Tensor], inputs: Tensor | Sequence[Tensor], eps:
                 flat[j] = orig - eps
                 f_minus = float((_call(fn, leaves).data * v).sum())
                 flat[j] = orig
-                numerical, analytical = (f_plus - f_minus) / (2 * eps), float(a.flat[j])
+                numerical, analytical = (f_plus - f_minus) / (2 * eps), float(arr.flat[j])
                 if not abs(numerical - analytical) <= atol + rtol * abs(numerical):
                     where = np.unravel_index(j, leaf.shape) if leaf.ndim else ()
                     raise GradcheckError(

@@ -11,6 +11,7 @@ import html
 import os
 from collections import Counter, defaultdict
 from pathlib import Path
+from typing import Any
 
 import graphviz
 import numpy as np
@@ -138,9 +139,11 @@ def _draw(dot: graphviz.Digraph, tensors: list[Tensor], ops: list[Tensor], show_
     scope_of: dict[int, tuple[str, ...]] = {}  # tensor id -> the cluster it is drawn in
     users: dict[int, list[tuple[str, ...]]] = defaultdict(list)  # leaf id -> its ops' scopes
     for t in ops:
-        scope = t._ctx.scope if group_scopes else ()
+        ctx = t._ctx
+        assert ctx is not None  # `ops` holds op outputs only
+        scope = ctx.scope if group_scopes else ()
         scope_of[id(t)] = scope
-        for p in t._ctx.parents:
+        for p in ctx.parents:
             if p._ctx is None:
                 users[id(p)].append(scope)
     for t in tensors:
@@ -156,7 +159,7 @@ def _draw(dot: graphviz.Digraph, tensors: list[Tensor], ops: list[Tensor], show_
 
     for name, label, style in bodies.pop((), []):
         dot.node(name, label, **style)
-    scopes = set()
+    scopes: set[tuple[str, ...]] = set()
     for s in bodies:
         scopes.update(s[:k] for k in range(1, len(s) + 1))
     clusters = {s: graphviz.Digraph(name=f"cluster_{i}", graph_attr={
@@ -170,6 +173,7 @@ def _draw(dot: graphviz.Digraph, tensors: list[Tensor], ops: list[Tensor], show_
         (clusters[s[:-1]] if len(s) > 1 else dot).subgraph(clusters[s])
 
     for t in ops:
+        assert t._ctx is not None
         for p in t._ctx.parents:
             dot.edge(tid[id(p)], oid[id(t)])
         dot.edge(oid[id(t)], tid[id(t)])
@@ -203,10 +207,14 @@ def _tensor_label(t: Tensor, show_values: bool, show_grads: bool) -> str:
     return "<" + "<BR/>".join(lines) + ">"
 
 
+def _short(v: Any) -> str:
+    return f"{float(v):.4g}"
+
+
 def _fmt(a: np.ndarray) -> str:
     if a.ndim == 0:
         return f"{float(a):.4g}"
-    text = np.array2string(a, separator=", ", formatter={"all": lambda v: f"{float(v):.4g}"})
+    text = np.array2string(a, separator=", ", formatter={"all": _short})
     return " ".join(text.split())
 
 

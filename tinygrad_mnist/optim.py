@@ -13,7 +13,24 @@ import numpy as np
 from .tensor import Tensor
 
 
+def _check(name: str, value: float, low: float, high: float = math.inf, *,
+           low_open: bool = False, high_open: bool = True) -> float:
+    """Refuse a hyperparameter outside its range (NaN and inf included), naming it."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise TypeError(f"{name} must be a number, got {type(value).__name__}")
+    ok = (value > low if low_open else value >= low) and (value < high if high_open else value <= high)
+    if not (ok and math.isfinite(value)):
+        span = f"{'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
+        raise ValueError(f"{name} must be a finite number in {span}, got {value}")
+    return float(value)
+
+
 class Optimizer:
+    """Keeps each parameter's own state (momenta, step count) in `state[i]`, made on the
+    parameter's first update: a parameter without a gradient in a step is left as it is."""
+
+    _state_keys: tuple[str, ...] = ()  # what `state[i]` holds once parameter i was updated
+
     def __init__(self, params: Iterable[Tensor], lr: float):
         self.params = list(params)
         if not self.params:
@@ -22,10 +39,9 @@ class Optimizer:
             if not isinstance(p, Tensor) or not p.requires_grad:
                 raise ValueError(f"{type(self).__name__}: parameter {i} is not a Tensor with "
                                  f"requires_grad=True")
-        if lr <= 0:
-            raise ValueError(f"learning rate must be positive, got {lr}")
-        self.lr = lr
+        self.lr = _check("lr", lr, 0.0, low_open=True)
         self.steps = 0
+        self.state: list[dict[str, np.ndarray]] = [{} for _ in self.params]
 
     def zero_grad(self) -> None:
         for p in self.params:
@@ -33,33 +49,57 @@ class Optimizer:
 
     def step(self) -> None:
         self.steps += 1
-        for i, p in enumerate(self.params):
+        for p, state in zip(self.params, self.state):
             if p.grad is not None:
-                self._update(i, p.data, p.grad.data)
+                self._update(p.data, p.grad.data, state)
 
-    def _update(self, i: int, w: np.ndarray, g: np.ndarray) -> None:
+    def _update(self, w: np.ndarray, g: np.ndarray, state: dict[str, np.ndarray]) -> None:
         raise NotImplementedError
 
     def state_dict(self) -> dict[str, np.ndarray]:
-        """The step count and running state (momenta), keyed 'name.index', for checkpoints."""
-        state = {f"{k}.{i}": v.copy() for k, buffers in self._buffers().items()
-                 for i, v in enumerate(buffers) if v is not None}
-        state["steps"] = np.array(self.steps)
-        return state
+        """Copies of the step count and each parameter's state, keyed 'name.index', for checkpoints."""
+        out = {f"{k}.{i}": np.array(v, copy=True) for i, state in enumerate(self.state)
+               for k, v in state.items()}
+        out["steps"] = np.array(self.steps)
+        return out
 
     def load_state_dict(self, state: dict[str, np.ndarray]) -> None:
-        self.steps = int(state.get("steps", 0))
-        for k, buffers in self._buffers().items():
-            for i, p in enumerate(self.params):
-                if f"{k}.{i}" in state:
-                    value = np.asarray(state[f"{k}.{i}"])
-                    if value.shape != p.shape:
-                        raise ValueError(f"optimizer state {k}.{i} has shape {value.shape}, "
-                                         f"parameter {i} has shape {p.shape}")
-                    buffers[i] = value.astype(p.dtype, copy=True)
-
-    def _buffers(self) -> dict[str, list]:
-        return {}
+        """Restore what `state_dict()` returned. Everything is checked before anything changes:
+        a key this optimizer does not know, a missing one, or a wrong shape is a ValueError."""
+        name = type(self).__name__
+        if "steps" not in state:
+            raise ValueError(f"{name} state has no 'steps' entry (the optimizer's step count)")
+        steps = np.asarray(state["steps"])
+        if steps.shape != () or steps.dtype.kind not in "iu" or steps < 0:
+            raise ValueError(f"{name} state 'steps' must be a non-negative integer, got {steps!r}")
+        new: list[dict[str, np.ndarray]] = [{} for _ in self.params]
+        for key, value in state.items():
+            if key == "steps":
+                continue
+            k, _, index = key.rpartition(".")
+            if k not in self._state_keys or not index.isdigit() or int(index) >= len(self.params):
+                known = f" and <{'|'.join(self._state_keys)}>.<i> for i < {len(self.params)}" \
+                    if self._state_keys else " only"
+                raise ValueError(f"{name} state has an unknown key {key!r}; expected 'steps'{known}")
+            i, value = int(index), np.asarray(value)
+            expected = () if k == "step" else self.params[i].shape
+            if value.shape != expected:
+                raise ValueError(f"optimizer state {key} has shape {value.shape}, parameter {i} "
+                                 f"has shape {self.params[i].shape}" if k != "step" else
+                                 f"optimizer state {key} must be one integer, got shape {value.shape}")
+            if k == "step":
+                if value.dtype.kind not in "iu" or value < 1:
+                    raise ValueError(f"optimizer state {key} must be a positive integer, got {value!r}")
+                new[i][k] = np.array(value, dtype=np.int64)
+            else:
+                if value.dtype.kind not in "iuf":
+                    raise ValueError(f"optimizer state {key} must be numbers, got dtype {value.dtype}")
+                new[i][k] = value.astype(self.params[i].dtype, copy=True)
+        for i, st in enumerate(new):
+            if st and set(st) != set(self._state_keys):
+                missing = sorted(f"{k}.{i}" for k in set(self._state_keys) - set(st))
+                raise ValueError(f"{name} state for parameter {i} is missing {', '.join(missing)}")
+        self.steps, self.state = int(steps), new
 
 
 class SGD(Optimizer):
@@ -68,54 +108,56 @@ class SGD(Optimizer):
     def __init__(self, params: Iterable[Tensor], lr: float = 0.1, momentum: float = 0.0,
                  nesterov: bool = False, weight_decay: float = 0.0):
         super().__init__(params, lr)
+        self.momentum = _check("momentum", momentum, 0.0)
+        self.weight_decay = _check("weight_decay", weight_decay, 0.0)
         if nesterov and momentum <= 0:
             raise ValueError("nesterov=True needs a momentum > 0")
-        self.momentum, self.nesterov, self.weight_decay = momentum, nesterov, weight_decay
-        self.velocity: list[np.ndarray | None] = [None] * len(self.params)
+        self.nesterov = nesterov
+        self._state_keys = ("velocity",) if self.momentum else ()
 
-    def _update(self, i, w, g):
+    def _update(self, w, g, state):
         if self.weight_decay:
             g = g + self.weight_decay * w
         if self.momentum:
-            v = self.velocity[i]
+            v = state.get("velocity")
             if v is None:
-                v = self.velocity[i] = g.copy()
+                v = state["velocity"] = g.copy()
             else:
                 v *= self.momentum
                 v += g
             g = g + self.momentum * v if self.nesterov else v
         w -= self.lr * g
 
-    def _buffers(self):
-        return {"velocity": self.velocity}
-
 
 class Adam(Optimizer):
-    """Per-parameter step sizes from running means of g and g²; bias-corrected."""
+    """Per-parameter step sizes from running means of g and g², bias-corrected by each
+    parameter's own step count (one that first gets a gradient late starts at step 1)."""
+
+    _state_keys = ("step", "m", "v")
 
     def __init__(self, params: Iterable[Tensor], lr: float = 1e-3,
                  betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
                  weight_decay: float = 0.0):
         super().__init__(params, lr)
-        self.betas, self.eps, self.weight_decay = betas, eps, weight_decay
-        self.m: list[np.ndarray | None] = [None] * len(self.params)
-        self.v: list[np.ndarray | None] = [None] * len(self.params)
+        if not isinstance(betas, (tuple, list)) or len(betas) != 2:
+            raise ValueError(f"betas must be a pair (beta1, beta2), got {betas!r}")
+        self.betas = (_check("betas[0]", betas[0], 0.0, 1.0), _check("betas[1]", betas[1], 0.0, 1.0))
+        self.eps = _check("eps", eps, 0.0, low_open=True)
+        self.weight_decay = _check("weight_decay", weight_decay, 0.0)
 
-    def _update(self, i, w, g):
+    def _update(self, w, g, state):
         b1, b2 = self.betas
         if self.weight_decay:
             g = g + self.weight_decay * w
-        if self.m[i] is None:
-            self.m[i], self.v[i] = np.zeros_like(w), np.zeros_like(w)
-        m, v, t = self.m[i], self.v[i], self.steps
+        if not state:
+            state.update(step=np.array(0), m=np.zeros_like(w), v=np.zeros_like(w))
+        state["step"] += 1
+        m, v, t = state["m"], state["v"], int(state["step"])
         m *= b1
         m += (1 - b1) * g
         v *= b2
         v += (1 - b2) * g * g
         w -= (self.lr / (1 - b1 ** t)) * m / (np.sqrt(v / (1 - b2 ** t)) + self.eps)
-
-    def _buffers(self):
-        return {"m": self.m, "v": self.v}
 
 
 class StepLR:

@@ -1,8 +1,8 @@
 """The autodiff engine: a Tensor that records operations, and backward() that replays them in reverse.
 
-Every operation is a `Function`. Its `forward` computes the NumPy result and saves what the
-backward pass will need; its `backward` turns the output's gradient into the inputs'
-gradients *using Tensor operations*. Run under `no_grad` those are plain NumPy calls; run
+Every operation is a `Function` (the ops themselves are in ops.py). Its `forward` computes the
+NumPy result and saves what the backward pass will need; its `backward` turns the output's
+gradient into the inputs' gradients *using Tensor operations*. Run under `no_grad` those are plain NumPy calls; run
 with `create_graph=True` they are recorded too, so a gradient has a graph of its own and can
 be differentiated again.
 """
@@ -77,8 +77,21 @@ class name_scope:
 # ----------------------------------------------------------------------------- Tensor
 
 
-def _as_array(data: Any, dtype: Any) -> np.ndarray:
-    """Turn user data into an ndarray: float arrays keep their dtype, everything else is float32."""
+def _numeric_dtype(dtype: Any) -> np.dtype:
+    """np.dtype(dtype), refusing what a Tensor cannot hold (strings, objects, complex)."""
+    try:
+        dt = np.dtype(dtype)
+    except TypeError:
+        dt = None
+    if dt is None or dt.kind not in "biuf":
+        raise TypeError(f"dtype must be a float, int or bool type (e.g. np.float32, np.int64, "
+                        f"bool); got {dtype!r}")
+    return dt
+
+
+def _as_array(data: Any, dtype: Any, default: Any = np.float32) -> np.ndarray:
+    """Turn user data into an ndarray: float arrays keep their dtype, everything else becomes
+    `default` (float32 for a new Tensor; the other operand's float dtype beside a Tensor)."""
     if isinstance(data, Tensor):
         raise TypeError("Tensor(...) got a Tensor; use t.detach() to share its data, "
                         "or Tensor(t.numpy().copy()) for a copy")
@@ -87,10 +100,10 @@ def _as_array(data: Any, dtype: Any) -> np.ndarray:
         raise TypeError(f"Tensor data must be numbers (bool, int or float); got an array of "
                         f"dtype {arr.dtype} from {type(data).__name__}")
     if dtype is not None:
-        return arr.astype(dtype, copy=False)
+        return arr.astype(_numeric_dtype(dtype), copy=False)
     if arr.dtype.kind == "f" and isinstance(data, (np.ndarray, np.floating)):
         return arr
-    return arr.astype(np.float32)
+    return arr.astype(default)
 
 
 class Tensor:
@@ -128,7 +141,7 @@ class Tensor:
     ndim = property(lambda self: self.data.ndim)
     dtype = property(lambda self: self.data.dtype)
     size = property(lambda self: self.data.size)
-    T = property(lambda self: Transpose.apply(self, axes=tuple(range(self.ndim))[::-1]))
+    T = property(lambda self: ops.Transpose.apply(self, axes=tuple(range(self.ndim))[::-1]))
 
     def numpy(self) -> np.ndarray:
         return self.data
@@ -152,75 +165,88 @@ class Tensor:
         return len(self.data)
 
     def __repr__(self) -> str:
-        extra = (", requires_grad=True" if self.requires_grad else "") + \
+        """Like PyTorch: an op's output names the op (grad_fn=Tanh), a leaf says requires_grad."""
+        extra = (f", grad_fn={type(self._ctx).__name__}" if self._ctx is not None else
+                 ", requires_grad=True" if self.requires_grad else "") + \
                 (f", name={self.name!r}" if self.name else "")
         return f"Tensor({np.array2string(self.data, precision=4, threshold=20)}, " \
                f"dtype={self.dtype}{extra})"
 
     # --- operators
     def _lift(self, other: Any) -> Tensor:
-        """Make the other operand a Tensor; a Python number takes this tensor's float dtype."""
+        """Make the other operand a Tensor. A Python number, a list or an integer array takes
+        this tensor's float dtype (float32 beside an integer tensor); a float array keeps its own."""
         if isinstance(other, Tensor):
             return other
+        own = self.dtype if self.dtype.kind == "f" else np.float32
         if isinstance(other, (int, float, np.number)):
-            return Tensor._wrap(np.asarray(other, self.dtype if self.dtype.kind == "f" else np.float32))
+            return Tensor._wrap(np.asarray(other, own))
         if isinstance(other, (np.ndarray, list, tuple)):
-            return Tensor(other)
+            return Tensor._wrap(_as_array(other, None, default=own))
         raise TypeError(f"unsupported operand: Tensor and {type(other).__name__}")
 
-    def __add__(self, o): return Add.apply(self, self._lift(o))
-    def __radd__(self, o): return Add.apply(self._lift(o), self)
-    def __sub__(self, o): return Sub.apply(self, self._lift(o))
-    def __rsub__(self, o): return Sub.apply(self._lift(o), self)
-    def __mul__(self, o): return Mul.apply(self, self._lift(o))
-    def __rmul__(self, o): return Mul.apply(self._lift(o), self)
-    def __truediv__(self, o): return Div.apply(self, self._lift(o))
-    def __rtruediv__(self, o): return Div.apply(self._lift(o), self)
-    def __pow__(self, o): return Pow.apply(self, self._lift(o))
-    def __rpow__(self, o): return Pow.apply(self._lift(o), self)
-    def __matmul__(self, o): return MatMul.apply(self, self._lift(o))
-    def __rmatmul__(self, o): return MatMul.apply(self._lift(o), self)
-    def __neg__(self): return Neg.apply(self)
-    def __getitem__(self, idx): return GetItem.apply(self, idx=_plain_index(idx))
+    def __add__(self, o): return ops.Add.apply(self, self._lift(o))
+    def __radd__(self, o): return ops.Add.apply(self._lift(o), self)
+    def __sub__(self, o): return ops.Sub.apply(self, self._lift(o))
+    def __rsub__(self, o): return ops.Sub.apply(self._lift(o), self)
+    def __mul__(self, o): return ops.Mul.apply(self, self._lift(o))
+    def __rmul__(self, o): return ops.Mul.apply(self._lift(o), self)
+    def __truediv__(self, o): return ops.Div.apply(self, self._lift(o))
+    def __rtruediv__(self, o): return ops.Div.apply(self._lift(o), self)
+    def __pow__(self, o): return ops.Pow.apply(self, self._lift(o))
+    def __rpow__(self, o): return ops.Pow.apply(self._lift(o), self)
+    def __matmul__(self, o): return ops.MatMul.apply(self, self._lift(o))
+    def __rmatmul__(self, o): return ops.MatMul.apply(self._lift(o), self)
+    def __neg__(self): return ops.Neg.apply(self)
+    def __getitem__(self, idx): return ops.GetItem.apply(self, idx=_plain_index(idx))
 
     # --- methods
     def sum(self, axis=None, keepdims: bool = False) -> Tensor:
-        return Sum.apply(self, axis=_axes(axis, self.ndim), keepdims=keepdims)
+        return ops.Sum.apply(self, axis=_axes(axis, self.ndim), keepdims=keepdims)
 
     def mean(self, axis=None, keepdims: bool = False) -> Tensor:
         axes = _axes(axis, self.ndim)
         count = int(np.prod([self.shape[a] for a in axes]))
-        return self.sum(axes, keepdims) * (1.0 / max(count, 1))
+        return self.sum(axes, keepdims) * (1.0 / count if count else float("nan"))  # as NumPy
 
     def max(self, axis=None, keepdims: bool = False) -> Tensor:
-        return Max.apply(self, axis=_axes(axis, self.ndim), keepdims=keepdims)
+        return ops.Max.apply(self, axis=_axes(axis, self.ndim), keepdims=keepdims)
 
-    def exp(self) -> Tensor: return Exp.apply(self)
-    def log(self) -> Tensor: return Log.apply(self)
-    def sqrt(self) -> Tensor: return Sqrt.apply(self)
-    def relu(self) -> Tensor: return ReLU.apply(self)
-    def tanh(self) -> Tensor: return Tanh.apply(self)
-    def sigmoid(self) -> Tensor: return Sigmoid.apply(self)
+    def exp(self) -> Tensor: return ops.Exp.apply(self)
+    def log(self) -> Tensor: return ops.Log.apply(self)
+    def sqrt(self) -> Tensor: return ops.Sqrt.apply(self)
+    def relu(self) -> Tensor: return ops.ReLU.apply(self)
+    def tanh(self) -> Tensor: return ops.Tanh.apply(self)
+    def sigmoid(self) -> Tensor: return ops.Sigmoid.apply(self)
 
-    def reshape(self, *shape) -> Tensor:
-        shape = shape[0] if len(shape) == 1 and isinstance(shape[0], (tuple, list)) else shape
-        return Reshape.apply(self, shape=tuple(shape))
+    def reshape(self, *shape: Any) -> Tensor:
+        dims = shape[0] if len(shape) == 1 and isinstance(shape[0], (tuple, list)) else shape
+        return ops.Reshape.apply(self, shape=tuple(dims))
 
-    def transpose(self, *axes) -> Tensor:
-        axes = axes[0] if len(axes) == 1 and isinstance(axes[0], (tuple, list)) else axes
-        return Transpose.apply(self, axes=tuple(axes) or tuple(reversed(range(self.ndim))))
+    def transpose(self, *axes: Any) -> Tensor:
+        order = axes[0] if len(axes) == 1 and isinstance(axes[0], (tuple, list)) else axes
+        return ops.Transpose.apply(self, axes=tuple(order) or tuple(reversed(range(self.ndim))))
 
     def broadcast_to(self, shape: Sequence[int]) -> Tensor:
-        return BroadcastTo.apply(self, shape=tuple(shape))
+        return ops.BroadcastTo.apply(self, shape=tuple(shape))
 
     def astype(self, dtype: Any) -> Tensor:
-        return Cast.apply(self, dtype=np.dtype(dtype))
+        """A copy in another dtype. Only a cast to a float type is differentiable; an integer
+        or bool result is a constant (requires_grad=False), as in PyTorch and TensorFlow."""
+        dtype = _numeric_dtype(dtype)
+        if dtype.kind != "f":
+            return Tensor._wrap(self.data.astype(dtype))
+        return ops.Cast.apply(self, dtype=dtype)
 
     def log_softmax(self, axis: int = -1) -> Tensor:
-        return LogSoftmax.apply(self, axis=axis)
+        if self.ndim == 0:  # one value: log_softmax is 0, its gradient 0
+            return self.reshape(1).log_softmax(0).reshape(())
+        return ops.LogSoftmax.apply(self, axis=_axis(axis, self.ndim))
 
     def softmax(self, axis: int = -1) -> Tensor:
-        return Softmax.apply(self, axis=axis)
+        if self.ndim == 0:  # one value: softmax is 1, its gradient 0
+            return self.reshape(1).softmax(0).reshape(())
+        return ops.Softmax.apply(self, axis=_axis(axis, self.ndim))
 
     # --- autodiff
     def backward(self, grad: Any = None, retain_graph: bool = False,
@@ -233,17 +259,27 @@ class Tensor:
 def grad(output: Tensor, inputs: Sequence[Tensor], grad_output: Any = None,
          retain_graph: bool = False, create_graph: bool = False) -> list[Tensor | None]:
     """d(output)/d(input) for each input, returned rather than stored in `.grad`."""
-    grads = _backprop(output, grad_output, retain_graph, create_graph, store=False)
-    return [grads.get(id(t)) for t in inputs]
+    inputs = list(inputs) if isinstance(inputs, (list, tuple)) else inputs
+    if not isinstance(inputs, list):
+        raise TypeError(f"grad() inputs must be a list of Tensors, got {type(inputs).__name__}")
+    for i, t in enumerate(inputs):
+        if not isinstance(t, Tensor):
+            raise TypeError(f"grad() inputs[{i}] is a {type(t).__name__}, expected a Tensor "
+                            f"(the gradient is taken with respect to Tensors in the graph)")
+    handed: set[int] = set()
+    grads = _backprop(output, grad_output, retain_graph, create_graph, store=False, handed=handed)
+    with set_grad_enabled(create_graph):
+        return [_owned(grads[id(t)], handed) if id(t) in grads else None for t in inputs]
 
 
 def _backprop(root: Tensor, seed: Any, retain_graph: bool, create_graph: bool,
-              store: bool) -> dict[int, Tensor]:
+              store: bool, handed: set[int] | None = None) -> dict[int, Tensor]:
     if not isinstance(root, Tensor):
         raise TypeError(f"backward needs a Tensor, got {type(root).__name__}")
     if not root.requires_grad:
         raise RuntimeError("backward() on a Tensor that does not require grad: no input had "
                            "requires_grad=True, or it was computed under no_grad()")
+    handed = set() if handed is None else handed  # ids of arrays that a .grad may not take
     if seed is None:
         if root.size != 1:
             raise RuntimeError(f"backward() on a non-scalar Tensor of shape {root.shape} needs "
@@ -254,8 +290,11 @@ def _backprop(root: Tensor, seed: Any, retain_graph: bool, create_graph: bool,
         if seed.shape != root.shape:
             raise ValueError(f"backward() grad has shape {seed.shape}, expected the output's "
                              f"shape {root.shape}")
+        handed.add(id(seed.data))  # the caller's array: a .grad may not take it over
     retain_graph = retain_graph or create_graph  # the gradient's graph reuses this one's tensors
-    grads, todo, leaves = {id(root): seed}, [], []
+    grads: dict[int, Tensor] = {id(root): seed}
+    todo: list[tuple[int, int, Tensor]] = []
+    leaves: list[Tensor] = []
     _reached(root, todo, leaves)
     with set_grad_enabled(create_graph):
         while todo:
@@ -263,8 +302,9 @@ def _backprop(root: Tensor, seed: Any, retain_graph: bool, create_graph: bool,
             # free each gradient once used: keeping them all costs ~4% of a training step
             g = grads.pop(id(t)) if store else grads[id(t)]
             if store and t._retains_grad:
-                t.grad = g if t.grad is None else t.grad + g
+                t.grad = _owned(g, handed) if t.grad is None else t.grad + g
             ctx = t._ctx
+            assert ctx is not None  # only op outputs wait in the heap
             if ctx.saved is None:
                 raise RuntimeError(f"backward through {type(ctx).__name__} a second time: the graph "
                                    f"was freed by the first backward(); pass retain_graph=True to it")
@@ -292,11 +332,22 @@ def _backprop(root: Tensor, seed: Any, retain_graph: bool, create_graph: bool,
         if store:
             for t in leaves:
                 g = grads[id(t)]
-                t.grad = g if t.grad is None else t.grad + g
+                t.grad = _owned(g, handed) if t.grad is None else t.grad + g
     return grads
 
 
-def _reached(t: Tensor, todo: list, leaves: list[Tensor]) -> None:
+def _owned(g: Tensor, handed: set[int]) -> Tensor:
+    """g, if its array is one no one else holds; else a copy. Rules pass one gradient to
+    several inputs (Add gives g to both) or a view of it (Reshape), and the seed is the
+    caller's, so without this `p.grad.data *= 0.5` could scale two parameters' gradients
+    at once. Gradients fresh from a product or sum (most, and the big ones) are kept as is."""
+    if g.data.base is None and id(g.data) not in handed:
+        handed.add(id(g.data))
+        return g
+    return ops.Cast.apply(g, dtype=g.dtype)  # Cast always copies; under create_graph it is recorded
+
+
+def _reached(t: Tensor, todo: list[tuple[int, int, Tensor]], leaves: list[Tensor]) -> None:
     """Note a tensor that a gradient has reached: a leaf just collects it; an op's output waits
     in a heap that pops the newest op first. An op is always recorded after the ops that made
     its inputs, so a tensor's turn comes only after every op that used it: its gradient is
@@ -313,9 +364,11 @@ def _unbroadcast(g: Tensor, shape: tuple) -> Tensor:
     if lead < 0:
         return g  # a rule's wrongly shaped gradient: backward names it
     stretched = tuple(lead + i for i, n in enumerate(shape) if n == 1 and g.shape[lead + i] != 1)
-    if not _grad_enabled:  # no graph wanted: one NumPy sum (a bias gradient every step)
-        return _const(g.data.sum(axis=tuple(range(lead)) + stretched, keepdims=True)
-                      .reshape(shape)) if lead or stretched else g
+    if not _grad_enabled:  # no graph wanted: plain NumPy sums (a bias gradient every step)
+        arr = g.data.sum(axis=tuple(range(lead))) if lead else g.data
+        if stretched:
+            arr = arr.sum(axis=tuple(a - lead for a in stretched), keepdims=True)
+        return _const(arr) if lead or stretched else g
     if lead:
         g = g.sum(axis=tuple(range(lead)))
     return g.sum(axis=tuple(a - lead for a in stretched), keepdims=True) if stretched else g
@@ -325,16 +378,27 @@ def _axes(axis: Any, ndim: int) -> tuple[int, ...]:
     """Normalize an axis argument (None, int or sequence) to a tuple of non-negative ints."""
     if axis is None:
         return tuple(range(ndim))
-    axes = (axis,) if isinstance(axis, (int, np.integer)) else tuple(axis)
+    axes = (axis,) if _is_int(axis) else tuple(axis) if isinstance(axis, (tuple, list)) else None
+    if axes is None or not all(_is_int(a) for a in axes):
+        raise TypeError(f"axis must be None, an int or a tuple of ints; got {axis!r}")
     for a in axes:
         if not -ndim <= a < ndim:
             raise ValueError(f"axis {a} is out of range for a tensor with {ndim} dimensions")
-    return tuple(sorted(int(a) % ndim for a in axes))
+    normal = tuple(sorted(int(a) % ndim for a in axes))
+    if len(set(normal)) < len(normal):
+        raise ValueError(f"axis {axis!r} names the same dimension twice")
+    return normal
 
 
-def _kept_shape(shape: tuple, axes: tuple) -> tuple:
-    """The shape a reduction over `axes` has with keepdims=True."""
-    return tuple(1 if i in axes else n for i, n in enumerate(shape))
+def _axis(axis: Any, ndim: int) -> int:
+    """Normalize a single-axis argument (softmax's) to a non-negative int."""
+    if not _is_int(axis):
+        raise TypeError(f"axis must be an int; got {axis!r}")
+    return _axes(axis, ndim)[0]
+
+
+def _is_int(a: Any) -> bool:
+    return isinstance(a, (int, np.integer)) and not isinstance(a, (bool, np.bool_))
 
 
 def _plain_index(idx: Any) -> Any:
@@ -347,11 +411,6 @@ def _plain_index(idx: Any) -> Any:
                             "e.g. Tensor(i, dtype=np.int64), or a NumPy bool mask")
         return idx.data
     return idx
-
-
-def _has_array(idx: Any) -> bool:
-    parts = idx if isinstance(idx, tuple) else (idx,)
-    return any(isinstance(i, (list, np.ndarray)) for i in parts)
 
 
 # ----------------------------------------------------------------------------- Function
@@ -369,6 +428,10 @@ class Function:
     """
 
     __slots__ = ("parents", "saved", "scope", "seq")
+    parents: tuple[Tensor, ...]
+    saved: tuple[Any, ...] | None
+    scope: tuple[str, ...]
+    seq: int
 
     def save(self, *values: Any) -> None:
         self.saved = values
@@ -401,231 +464,5 @@ def _const(arr: np.ndarray) -> Tensor:
     return Tensor._wrap(arr)
 
 
-class Add(Function):
-    def forward(ctx, x, y): return x.data + y.data
-    def backward(ctx, out, g): return g, g
-
-
-class Sub(Function):
-    def forward(ctx, x, y): return x.data - y.data
-    def backward(ctx, out, g): return g, -g
-
-
-class Neg(Function):
-    def forward(ctx, x): return -x.data
-    def backward(ctx, out, g): return -g
-
-
-class Mul(Function):
-    def forward(ctx, x, y):
-        ctx.save(x, y)
-        return x.data * y.data
-
-    def backward(ctx, out, g):
-        x, y = ctx.saved
-        return (g * y if x.requires_grad else None), (g * x if y.requires_grad else None)
-
-
-class Div(Function):
-    def forward(ctx, x, y):
-        ctx.save(x, y)
-        return x.data / y.data
-
-    def backward(ctx, out, g):
-        x, y = ctx.saved
-        gx = g / y
-        return gx, (-gx * out if y.requires_grad else None)  # d(x/y)/dy = -(x/y)/y
-
-
-class Pow(Function):
-    def forward(ctx, x, y):
-        ctx.save(x, y)
-        return x.data ** y.data
-
-    def backward(ctx, out, g):
-        x, y = ctx.saved
-        gx = g * y * x ** (y - 1) if x.requires_grad else None
-        gy = g * out * x.log() if y.requires_grad else None
-        return gx, gy
-
-
-class MatMul(Function):
-    def forward(ctx, x, y):
-        ctx.save(x, y)
-        return x.data @ y.data
-
-    def backward(ctx, out, g):
-        x, y = ctx.saved
-        if x.ndim == 2 and y.ndim == 2:  # the common case, with nothing to reshape or sum
-            if not _grad_enabled:  # no graph wanted: the same products straight in NumPy
-                return (_const(g.data @ y.data.T) if x.requires_grad else None,
-                        _const(x.data.T @ g.data) if y.requires_grad else None)
-            return (g @ y.T if x.requires_grad else None), (x.T @ g if y.requires_grad else None)
-        # 1-D operands act as a row (left) or a column (right) vector, as in NumPy.
-        x2 = x.reshape(1, -1) if x.ndim == 1 else x
-        y2 = y.reshape(-1, 1) if y.ndim == 1 else y
-        if x.ndim == 1 and y.ndim == 1:
-            g2 = g.reshape(1, 1)
-        elif x.ndim == 1:
-            g2 = g.reshape(*g.shape[:-1], 1, g.shape[-1])
-        elif y.ndim == 1:
-            g2 = g.reshape(*g.shape, 1)
-        else:
-            g2 = g
-        gx = _unbroadcast(g2 @ y2.transpose(_swap_last(y2.ndim)), x2.shape).reshape(x.shape) \
-            if x.requires_grad else None
-        gy = _unbroadcast(x2.transpose(_swap_last(x2.ndim)) @ g2, y2.shape).reshape(y.shape) \
-            if y.requires_grad else None
-        return gx, gy
-
-
-def _swap_last(ndim: int) -> tuple[int, ...]:
-    return (*range(ndim - 2), ndim - 1, ndim - 2)
-
-
-class Sum(Function):
-    def forward(ctx, x, axis, keepdims):
-        ctx.save(x.shape, axis, keepdims)
-        return x.data.sum(axis=axis, keepdims=keepdims)
-
-    def backward(ctx, out, g):
-        shape, axis, keepdims = ctx.saved
-        if not keepdims:
-            g = g.reshape(_kept_shape(shape, axis))
-        return g.broadcast_to(shape)
-
-
-class Max(Function):
-    def forward(ctx, x, axis, keepdims):
-        m = x.data.max(axis=axis, keepdims=True)
-        mask = x.data == m
-        share = (mask / mask.sum(axis=axis, keepdims=True)).astype(x.dtype)  # ties split evenly
-        ctx.save(share, axis, keepdims)
-        return m if keepdims else np.squeeze(m, axis=axis)
-
-    def backward(ctx, out, g):
-        share, axis, keepdims = ctx.saved
-        if not keepdims:
-            g = g.reshape(_kept_shape(share.shape, axis))
-        return g * _const(share)
-
-
-class Exp(Function):
-    def forward(ctx, x): return np.exp(x.data)
-    def backward(ctx, out, g): return g * out
-
-
-class Log(Function):
-    def forward(ctx, x):
-        ctx.save(x)
-        return np.log(x.data)
-
-    def backward(ctx, out, g): return g / ctx.saved[0]
-
-
-class Sqrt(Function):
-    def forward(ctx, x): return np.sqrt(x.data)
-    def backward(ctx, out, g): return g / (out * 2)
-
-
-class ReLU(Function):
-    def forward(ctx, x):
-        ctx.save(x.data > 0)
-        return np.maximum(x.data, 0)
-
-    def backward(ctx, out, g):
-        mask = ctx.saved[0]
-        return g * _const(mask) if _grad_enabled else _const(g.data * mask)
-
-
-class Tanh(Function):
-    def forward(ctx, x): return np.tanh(x.data)
-    def backward(ctx, out, g): return g * (1 - out * out)
-
-
-class Sigmoid(Function):
-    def forward(ctx, x):
-        # exp of a negative number only, so large |x| neither overflows nor warns
-        e = np.exp(-np.abs(x.data))
-        return np.where(x.data >= 0, 1 / (1 + e), e / (1 + e)).astype(x.dtype, copy=False)
-
-    def backward(ctx, out, g): return g * out * (1 - out)
-
-
-class Reshape(Function):
-    def forward(ctx, x, shape):
-        ctx.save(x.shape)
-        return x.data.reshape(shape)
-
-    def backward(ctx, out, g): return g.reshape(ctx.saved[0])
-
-
-class Transpose(Function):
-    def forward(ctx, x, axes):
-        ctx.save(axes)
-        return x.data.transpose(axes)  # NumPy validates the axes
-
-    def backward(ctx, out, g):  # normalizing negative axes here keeps the forward cheap
-        return g.transpose(tuple(np.argsort([a % g.ndim for a in ctx.saved[0]])))
-
-
-class BroadcastTo(Function):
-    def forward(ctx, x, shape):
-        return np.broadcast_to(x.data, shape).copy()  # a writable array, not a stride-0 view
-
-    def backward(ctx, out, g): return g  # the engine sums the broadcast axes away
-
-
-class Cast(Function):
-    def forward(ctx, x, dtype):
-        ctx.save(x.dtype)
-        return x.data.astype(dtype)  # always a copy: in-place updates of one never reach the other
-
-    def backward(ctx, out, g): return g.astype(ctx.saved[0])
-
-
-class GetItem(Function):
-    def forward(ctx, x, idx):
-        ctx.save(x.shape, idx)
-        return x.data[idx]
-
-    def backward(ctx, out, g):
-        shape, idx = ctx.saved
-        return ScatterAdd.apply(g, idx=idx, shape=shape)
-
-
-class ScatterAdd(Function):
-    """Place `x` at `idx` in zeros of `shape`; repeated indices add up. The inverse of GetItem."""
-
-    def forward(ctx, x, idx, shape):
-        ctx.save(idx)
-        out = np.zeros(shape, dtype=x.dtype)
-        if _has_array(idx):
-            np.add.at(out, idx, x.data)
-        else:
-            out[idx] = x.data
-        return out
-
-    def backward(ctx, out, g): return g[ctx.saved[0]]
-
-
-class LogSoftmax(Function):
-    def forward(ctx, x, axis):
-        ctx.save(axis)
-        shifted = x.data - x.data.max(axis=axis, keepdims=True)
-        return shifted - np.log(np.exp(shifted).sum(axis=axis, keepdims=True))
-
-    def backward(ctx, out, g):
-        axis = ctx.saved[0]
-        return g - out.exp() * g.sum(axis=axis, keepdims=True)
-
-
-class Softmax(Function):
-    def forward(ctx, x, axis):
-        ctx.save(axis)
-        e = np.exp(x.data - x.data.max(axis=axis, keepdims=True))
-        return e / e.sum(axis=axis, keepdims=True)
-
-    def backward(ctx, out, g):
-        axis = ctx.saved[0]
-        return out * (g - (g * out).sum(axis=axis, keepdims=True))
+# The ops live in ops.py (which needs the Tensor and Function above); methods call them as ops.X.
+from . import ops  # noqa: E402
