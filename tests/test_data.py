@@ -7,8 +7,10 @@ import functools
 import gzip
 import hashlib
 import os
+import re
 import shutil
 import struct
+import subprocess
 import sys
 import threading
 import tracemalloc
@@ -557,6 +559,9 @@ def test_no_mirror_works_and_no_tensorflow(server):
     assert f"MNIST is not in {default_cache_dir()}" in message
     assert "404" in message and "TensorFlow is not importable" in message
     assert f"set ${data.DATA_ENV}" in message and "or point data_dir at it" in message
+    with pytest.raises(MNISTError) as err:  # the CLI names its flag
+        load_mnist(mirrors=[f"{server}/missing/"], data_dir_name="--data-dir")
+    assert str(err.value).endswith("or point --data-dir at it")
 
 
 def fake_keras(monkeypatch, load_data):
@@ -590,3 +595,19 @@ def test_keras_fallback_failing_too(monkeypatch):
     with pytest.raises(MNISTError, match="mnist.load_data\\(\\) failed: URL fetch failure") as err:
         load_mnist(mirrors=[])
     assert "no mirrors given" in str(err.value) and data.DATA_ENV in str(err.value)
+
+
+def test_keras_fallback_prints_no_tensorflow_start_up_lines(tmp_path, tf):
+    """A real TensorFlow import in a fresh process (its C++ logging starts at import), with
+    the mirrors failing: TensorFlow's own log lines must not reach the user's terminal."""
+    env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
+    env.update(XDG_CACHE_HOME=str(tmp_path / "cache"), KERAS_HOME=str(tmp_path / "keras"))
+    env.pop(data.DATA_ENV, None)
+    code = ("from tinygrad_mnist.data import MNISTError, load_mnist\n"
+            "try:\n    load_mnist(mirrors=[])\nexcept MNISTError:\n    pass\nprint('done')")
+    result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                            timeout=300)
+    assert result.returncode == 0 and result.stdout.strip().endswith("done"), result.stderr
+    for line in result.stderr.splitlines():  # e.g. "I0000 00:00:... cpu_feature_guard.cc:227] ..."
+        assert not re.match(r"[IWEF]\d{4} ", line), result.stderr
+        assert "absl" not in line and "TensorFlow" not in line and "oneDNN" not in line, result.stderr
