@@ -15,10 +15,9 @@ import urllib.request
 import warnings
 import zipfile
 import zlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
 
 import numpy as np
 
@@ -123,11 +122,11 @@ def read_idx(path: str | os.PathLike) -> np.ndarray:
     try:
         with open(path, "rb") as f:
             if not gz:
-                header, shape, body = _read_idx_stream(f, path, count)
+                header, shape, body = _read_idx_stream(f.read, path, count)
             else:
                 try:
                     with gzip.GzipFile(fileobj=f) as stream:
-                        header, shape, body = _read_idx_stream(stream, path, count)
+                        header, shape, body = _read_idx_stream(stream.read, path, count)
                 except (OSError, EOFError, zlib.error) as e:  # gzip.BadGzipFile is an OSError
                     raise MNISTError(f"{path}: expected a gzip file, but it could not be "
                                      f"decompressed ({e})") from e
@@ -143,16 +142,18 @@ def read_idx(path: str | os.PathLike) -> np.ndarray:
     return array
 
 
-def _read_idx_stream(f: BinaryIO, path: Path, count: int | None) -> tuple[bytes, tuple, bytes]:
+def _read_idx_stream(read: Callable[[int], bytes], path: Path,
+                     count: int | None) -> tuple[bytes, tuple[int, ...], bytes]:
     """The header, the array shape and the body of an IDX stream, reading no more than the
     header allows (and `count` items, or at most as many as MNIST has, when None)."""
-    header = f.read(8)
+    header = read(8)
     if len(header) < 8:
         raise MNISTError(f"{path}: expected an IDX header of at least 8 bytes, "
                          f"found {len(header)} bytes")
     magic, n = struct.unpack(">II", header)
+    shape: tuple[int, ...]
     if magic == _IMAGES_MAGIC:
-        header += f.read(8)
+        header += read(8)
         if len(header) < 16:
             raise MNISTError(f"{path}: expected a 16-byte IDX image header, "
                              f"found {len(header)} bytes")
@@ -171,7 +172,7 @@ def _read_idx_stream(f: BinaryIO, path: Path, count: int | None) -> tuple[bytes,
         raise MNISTError(f"{path}: the header says {n} {what}; no MNIST file has more than "
                          f"{N_TRAIN}")
     size = int(np.prod(shape))
-    body = f.read(size + 1)  # one byte more tells a file that goes on from one that ends here
+    body = read(size + 1)  # one byte more tells a file that goes on from one that ends here
     if len(body) != size:
         found = f"more than {len(header) + size}" if len(body) > size else len(header) + len(body)
         raise MNISTError(f"{path}: header says {n} items, so expected {len(header) + size} bytes, "
@@ -256,10 +257,11 @@ def _read_dir(d: Path, origin: str) -> _Raw:
     if not d.is_dir():
         raise MNISTError(f"{d} ({origin}) is not a directory; expected one with the MNIST files")
     found = _find_idx(d)
-    if all(found.values()):
+    paths = {name: path for name, path in found.items() if path is not None}
+    if len(paths) == len(found):
         raw = {}
         for split, (images, labels, n) in _SPLITS.items():
-            x_path, y_path = found[images], found[labels]
+            x_path, y_path = paths[images], paths[labels]
             raw[split] = _pair(read_idx(x_path), read_idx(y_path), str(x_path), str(y_path), n)
         return raw
     if (d / "mnist.npz").is_file():
