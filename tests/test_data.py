@@ -346,6 +346,46 @@ def test_messages_name_data_dir_as_the_caller_does(tmp_path):
     assert f"{tmp_path / 'nowhere'} (--data-dir) is not a directory" in str(err.value)
 
 
+# ----------------------------------------------------------------------------- decoded copies
+
+def test_a_verified_gz_leaves_a_decoded_copy_that_later_reads_use(tmp_path, mnist_dir, monkeypatch):
+    name = "t10k-labels-idx1-ubyte"
+    first = read_idx(mnist_dir / f"{name}.gz")
+    copy = default_cache_dir() / "decoded" / name
+    assert sha256(copy) == data.RAW_IDX[name][1]
+    assert os.listdir(copy.parent) == [name]  # no temporary file left
+
+    def no_gunzip(*args, **kwargs):
+        raise AssertionError("decompressed again")
+
+    monkeypatch.setattr(gzip, "GzipFile", no_gunzip)
+    again = read_idx(mnist_dir / f"{name}.gz")
+    assert np.array_equal(again, first) and again.tolist()[:10] == FIRST_TEST
+
+
+def test_a_damaged_decoded_copy_is_not_used_and_is_rewritten(tmp_path, mnist_dir):
+    name = "t10k-labels-idx1-ubyte"
+    good = read_idx(mnist_dir / f"{name}.gz")
+    copy = default_cache_dir() / "decoded" / name
+    content = copy.read_bytes()
+    copy.write_bytes(content[:8] + bytes((b + 1) % 10 for b in content[8:]))  # still valid IDX
+    assert np.array_equal(read_idx(mnist_dir / f"{name}.gz"), good)
+    assert sha256(copy) == data.RAW_IDX[name][1]
+
+
+def test_only_verified_standard_files_get_a_decoded_copy(tmp_path):
+    path = tmp_path / "small-labels.gz"
+    path.write_bytes(gzip.compress(idx_labels([1, 2, 3])))
+    read_idx(path)
+    assert not default_cache_dir().exists()
+
+
+def test_an_unwritable_cache_is_no_error(tmp_path, mnist_dir, monkeypatch):
+    (tmp_path / "not-a-dir").write_bytes(b"")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "not-a-dir"))  # mkdir below it fails
+    assert read_idx(mnist_dir / "t10k-labels-idx1-ubyte.gz").tolist()[:10] == FIRST_TEST
+
+
 # ----------------------------------------------------------------------------- directories
 
 def test_wrong_number_of_examples(tmp_path):
@@ -524,8 +564,8 @@ def assert_only_good_files(dest):
 def test_download_then_load_through_the_cache(server, mnist_dir, split):
     result = load_mnist(mirrors=[f"{server}/good/"])
     cache = default_cache_dir()
-    assert sorted(os.listdir(cache)) == sorted(GZ_NAMES)
-    assert_only_good_files(cache)
+    assert sorted(os.listdir(cache)) == sorted([*GZ_NAMES, "decoded"])  # decoded: see below
+    assert all(sha256(cache / name) == data.GZ_SHA256[name] for name in GZ_NAMES)
     assert np.array_equal(result.val_x, split.val_x) and np.array_equal(result.test_y, split.test_y)
     # a second call finds everything in place and needs no mirror at all
     assert download_mnist(cache, mirrors=[]) == cache

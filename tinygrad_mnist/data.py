@@ -116,9 +116,14 @@ def read_idx(path: str | os.PathLike) -> np.ndarray:
     """
     path = Path(path)
     gz = path.suffix == ".gz"
-    count, raw_sha = RAW_IDX.get(path.name.removesuffix(".gz"), (None, None))
-    if gz and path.name in GZ_SHA256:
+    name = path.name.removesuffix(".gz")
+    count, raw_sha = RAW_IDX.get(name, (None, None))
+    standard_gz = gz and path.name in GZ_SHA256
+    if standard_gz:
         _check_file_sha256(path, GZ_SHA256[path.name])
+        decoded = _decoded_copy(name)
+        if decoded is not None:
+            return decoded
     try:
         with open(path, "rb") as f:
             if not gz:
@@ -139,7 +144,37 @@ def read_idx(path: str | os.PathLike) -> np.ndarray:
     array = np.frombuffer(body, dtype=np.uint8).reshape(shape)
     if len(shape) == 1:
         _check_labels(array, str(path))
+    if standard_gz:
+        _keep_decoded(name, header, body)
     return array
+
+
+def _decoded_path(name: str) -> Path:
+    return default_cache_dir() / "decoded" / name
+
+
+def _decoded_copy(name: str) -> np.ndarray | None:
+    """The uncompressed copy of a standard file kept by an earlier read, if it is there and
+    intact (read_idx checks its SHA-256 as for any raw file); None otherwise."""
+    path = _decoded_path(name)
+    if not path.is_file():
+        return None
+    try:
+        return read_idx(path)
+    except MNISTError:  # damaged: decompress the .gz again, which rewrites the copy
+        return None
+
+
+def _keep_decoded(name: str, header: bytes, body: bytes) -> None:
+    """Keep an uncompressed copy of a verified standard file in the cache: reading and
+    checking it is several times faster than decompressing the .gz. Not being able to
+    write it (a read-only or full disk) is no error: the next load decompresses again."""
+    try:
+        with atomic_writer(_decoded_path(name)) as f:
+            f.write(header)
+            f.write(body)
+    except OSError:
+        pass
 
 
 def _read_idx_stream(read: Callable[[int], bytes], path: Path,
