@@ -7,10 +7,13 @@ import functools
 import gzip
 import hashlib
 import os
+import re
 import shutil
 import struct
+import subprocess
 import sys
 import threading
+import tracemalloc
 import types
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -53,11 +56,11 @@ def idx_labels(labels, magic=2049):
     return struct.pack(">II", magic, len(labels)) + bytes(labels)
 
 
-def write_raw_set(d, n_train=3, n_train_labels=3, n_test=2):
+def write_raw_set(d, n_train=3, n_test=2):
     """Four small uncompressed IDX files with the standard names."""
     d.mkdir(parents=True, exist_ok=True)
     (d / "train-images-idx3-ubyte").write_bytes(idx_images(n_train))
-    (d / "train-labels-idx1-ubyte").write_bytes(idx_labels([i % 10 for i in range(n_train_labels)]))
+    (d / "train-labels-idx1-ubyte").write_bytes(idx_labels([i % 10 for i in range(n_train)]))
     (d / "t10k-images-idx3-ubyte").write_bytes(idx_images(n_test))
     (d / "t10k-labels-idx1-ubyte").write_bytes(idx_labels([i % 10 for i in range(n_test)]))
     return d
@@ -156,7 +159,7 @@ def test_read_idx_round_trip(tmp_path, compress):
 
 @pytest.mark.parametrize("content, expected", [
     (idx_images(3)[:-1], "expected 2368 bytes, found 2367"),
-    (idx_images(3) + b"\0", "expected 2368 bytes, found 2369"),
+    (idx_images(3) + b"\0", "expected 2368 bytes, found more than 2368"),
     (idx_labels([1, 2, 3])[:-2], "expected 11 bytes, found 9"),
     (idx_images(3)[:12], "expected a 16-byte IDX image header, found 12 bytes"),
     (b"\0\0\x08", "expected an IDX header of at least 8 bytes, found 3 bytes"),
@@ -218,22 +221,181 @@ def test_missing_file(tmp_path):
     assert str(tmp_path / "train-labels-idx1-ubyte.gz") in str(err.value)
 
 
-# ----------------------------------------------------------------------------- directories
+# ----------------------------------------------------------------------------- verified, bounded
 
-def test_count_mismatch_between_images_and_labels(tmp_path):
-    d = write_raw_set(tmp_path / "d", n_train=3, n_train_labels=2)
+@pytest.fixture(scope="module")
+def raw_dir(tmp_path_factory, mnist_dir):
+    """The real files, uncompressed, under their standard names."""
+    d = tmp_path_factory.mktemp("raw")
+    for name in GZ_NAMES:
+        (d / name.removesuffix(".gz")).write_bytes(gzip.decompress((mnist_dir / name).read_bytes()))
+    return d
+
+
+def test_uncompressed_real_files_load_like_the_gz(raw_dir, split):
+    raw = load_mnist(raw_dir, val_size=5000, seed=0)
+    for field in ("train_x", "train_y", "val_x", "val_y", "test_x", "test_y"):
+        assert np.array_equal(getattr(raw, field), getattr(split, field))
+
+
+def test_uncompressed_labels_shifted_by_one_are_refused(tmp_path, raw_dir):
+    """Every label still in 0..9 and every size right: only the SHA-256 can tell."""
+    d = tmp_path / "shifted"
+    shutil.copytree(raw_dir, d)
+    labels = d / "train-labels-idx1-ubyte"
+    content = labels.read_bytes()
+    labels.write_bytes(content[:8] + bytes((b + 1) % 10 for b in content[8:]))
     with pytest.raises(MNISTError) as err:
         load_mnist(d)
-    assert str(err.value) == (f"{d / 'train-images-idx3-ubyte'} has 3 images but "
-                              f"{d / 'train-labels-idx1-ubyte'} has 2 labels; "
-                              f"expected the same number")
+    message = str(err.value)
+    expected_sha = data.RAW_IDX["train-labels-idx1-ubyte"][1]
+    assert message.startswith(f"{labels}: expected SHA-256 {expected_sha}, found ")
+    assert "not the original MNIST file" in message
 
+
+def peak_memory(fn):
+    """(MNISTError raised by fn or None, peak bytes Python allocated while it ran)."""
+    tracemalloc.start()
+    try:
+        fn()
+    except MNISTError as e:
+        raised = e
+    else:
+        raised = None
+    finally:
+        peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+    return raised, peak
+
+
+def gz_bomb(path, header, megabytes):
+    """`header`, then `megabytes` MB of zeros, as gzip members of 16 MB each (~16 KB apiece)."""
+    zeros = gzip.compress(bytes(16 << 20))
+    path.write_bytes(gzip.compress(header) + zeros * (megabytes // 16))
+
+
+@pytest.mark.parametrize("name", ["small-images.gz", "train-images-idx3-ubyte.gz"])
+def test_gz_that_decompresses_to_far_more_is_stopped(tmp_path, name):
+    """256 MB behind a header that promises 3 images: decompression stops past 2368 bytes.
+    Under the standard name the file is refused before that, by its SHA-256."""
+    path = tmp_path / name
+    gz_bomb(path, idx_images(3)[:16], 256)
+    raised, peak = peak_memory(lambda: read_idx(path))
+    assert isinstance(raised, MNISTError) and str(path) in str(raised)
+    expected = "SHA-256" if name in data.GZ_SHA256 else "expected 2368 bytes, found more than 2368"
+    assert expected in str(raised)
+    assert peak < 16 << 20
+
+
+@pytest.mark.parametrize("compress", [False, True])
+def test_header_claiming_more_than_mnist_is_refused_before_reading(tmp_path, compress):
+    content = struct.pack(">IIII", 2051, 2**32 - 1, 28, 28) + bytes(1000)
+    path = tmp_path / ("huge-images.gz" if compress else "huge-images")
+    if compress:
+        gz_bomb(path, content, 256)
+    else:
+        path.write_bytes(content)
+    raised, peak = peak_memory(lambda: read_idx(path))
+    assert isinstance(raised, MNISTError)
+    assert str(raised) == (f"{path}: the header says 4294967295 images; "
+                           f"no MNIST file has more than 60000")
+    assert peak < 16 << 20
+
+
+def test_standard_name_with_a_non_standard_count_is_refused(tmp_path):
+    path = tmp_path / "t10k-labels-idx1-ubyte"
+    path.write_bytes(idx_labels([1] * 10001))
+    with pytest.raises(MNISTError) as err:
+        read_idx(path)
+    assert str(err.value) == f"{path}: expected 10000 labels, the header says 10001"
+
+
+@pytest.mark.parametrize("name", ["train-images-idx3-ubyte.gz", "big-images.gz", "big-images"])
+def test_huge_sparse_file_is_not_read_whole(tmp_path, name):
+    """1 GB that takes no disk (a sparse file): refused by its size, by its first bytes or by
+    its header, reading almost nothing of it."""
+    path = tmp_path / name
+    with open(path, "wb") as f:
+        if name == "big-images":
+            f.write(idx_images(3))
+        f.truncate(1 << 30)
+    raised, peak = peak_memory(lambda: read_idx(path))
+    assert isinstance(raised, MNISTError) and str(path) in str(raised)
+    expected = {"train-images-idx3-ubyte.gz": f"expected an MNIST file of at most 47040016 bytes, "
+                                              f"found {1 << 30} bytes",
+                "big-images.gz": "expected a gzip file",
+                "big-images": "expected 2368 bytes, found more than 2368"}[name]
+    assert expected in str(raised)
+    assert peak < 16 << 20
+
+
+def test_empty_data_dir_is_not_the_current_directory(tmp_path, monkeypatch):
+    write_raw_set(tmp_path)
+    monkeypatch.chdir(tmp_path)  # files there would be found if "" meant "."
+    with pytest.raises(MNISTError) as err:
+        load_mnist("")
+    assert str(err.value) == ("data_dir is empty; expected a directory with the MNIST files "
+                              "(use '.' for the current directory)")
+    with pytest.raises(MNISTError, match="^--data-dir is empty; "):
+        load_mnist("", data_dir_name="--data-dir")
+
+
+def test_messages_name_data_dir_as_the_caller_does(tmp_path):
+    with pytest.raises(MNISTError, match=r"is not a directory") as err:
+        load_mnist(tmp_path / "nowhere", data_dir_name="--data-dir")
+    assert f"{tmp_path / 'nowhere'} (--data-dir) is not a directory" in str(err.value)
+
+
+# ----------------------------------------------------------------------------- decoded copies
+
+def test_a_verified_gz_leaves_a_decoded_copy_that_later_reads_use(tmp_path, mnist_dir, monkeypatch):
+    name = "t10k-labels-idx1-ubyte"
+    first = read_idx(mnist_dir / f"{name}.gz")
+    copy = default_cache_dir() / "decoded" / name
+    assert sha256(copy) == data.RAW_IDX[name][1]
+    assert os.listdir(copy.parent) == [name]  # no temporary file left
+
+    def no_gunzip(*args, **kwargs):
+        raise AssertionError("decompressed again")
+
+    monkeypatch.setattr(gzip, "GzipFile", no_gunzip)
+    again = read_idx(mnist_dir / f"{name}.gz")
+    assert np.array_equal(again, first) and again.tolist()[:10] == FIRST_TEST
+
+
+def test_a_damaged_decoded_copy_is_not_used_and_is_rewritten(tmp_path, mnist_dir):
+    name = "t10k-labels-idx1-ubyte"
+    good = read_idx(mnist_dir / f"{name}.gz")
+    copy = default_cache_dir() / "decoded" / name
+    content = copy.read_bytes()
+    copy.write_bytes(content[:8] + bytes((b + 1) % 10 for b in content[8:]))  # still valid IDX
+    assert np.array_equal(read_idx(mnist_dir / f"{name}.gz"), good)
+    assert sha256(copy) == data.RAW_IDX[name][1]
+
+
+def test_only_verified_standard_files_get_a_decoded_copy(tmp_path):
+    path = tmp_path / "small-labels.gz"
+    path.write_bytes(gzip.compress(idx_labels([1, 2, 3])))
+    read_idx(path)
+    assert not default_cache_dir().exists()
+
+
+def test_an_unwritable_cache_is_no_error(tmp_path, mnist_dir, monkeypatch):
+    (tmp_path / "not-a-dir").write_bytes(b"")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "not-a-dir"))  # mkdir below it fails
+    assert read_idx(mnist_dir / "t10k-labels-idx1-ubyte.gz").tolist()[:10] == FIRST_TEST
+
+
+# ----------------------------------------------------------------------------- directories
 
 def test_wrong_number_of_examples(tmp_path):
+    """Standard names promise the standard counts: small files under those names are refused
+    from their headers (the images/labels pairing itself is tested through mnist.npz below)."""
     d = write_raw_set(tmp_path / "d")
     with pytest.raises(MNISTError) as err:
         load_mnist(d)
-    assert str(err.value) == f"{d / 'train-images-idx3-ubyte'}: expected 60000 images, found 3"
+    assert str(err.value) == (f"{d / 'train-images-idx3-ubyte'}: expected 60000 images, "
+                              f"the header says 3")
 
 
 def test_missing_file_in_explicit_dir(tmp_path):
@@ -402,8 +564,8 @@ def assert_only_good_files(dest):
 def test_download_then_load_through_the_cache(server, mnist_dir, split):
     result = load_mnist(mirrors=[f"{server}/good/"])
     cache = default_cache_dir()
-    assert sorted(os.listdir(cache)) == sorted(GZ_NAMES)
-    assert_only_good_files(cache)
+    assert sorted(os.listdir(cache)) == sorted([*GZ_NAMES, "decoded"])  # decoded: see below
+    assert all(sha256(cache / name) == data.GZ_SHA256[name] for name in GZ_NAMES)
     assert np.array_equal(result.val_x, split.val_x) and np.array_equal(result.test_y, split.test_y)
     # a second call finds everything in place and needs no mirror at all
     assert download_mnist(cache, mirrors=[]) == cache
@@ -436,7 +598,10 @@ def test_no_mirror_works_and_no_tensorflow(server):
     message = str(err.value)
     assert f"MNIST is not in {default_cache_dir()}" in message
     assert "404" in message and "TensorFlow is not importable" in message
-    assert f"set ${data.DATA_ENV}" in message and "load_mnist(data_dir=...)" in message
+    assert f"set ${data.DATA_ENV}" in message and "or point data_dir at it" in message
+    with pytest.raises(MNISTError) as err:  # the CLI names its flag
+        load_mnist(mirrors=[f"{server}/missing/"], data_dir_name="--data-dir")
+    assert str(err.value).endswith("or point --data-dir at it")
 
 
 def fake_keras(monkeypatch, load_data):
@@ -470,3 +635,19 @@ def test_keras_fallback_failing_too(monkeypatch):
     with pytest.raises(MNISTError, match="mnist.load_data\\(\\) failed: URL fetch failure") as err:
         load_mnist(mirrors=[])
     assert "no mirrors given" in str(err.value) and data.DATA_ENV in str(err.value)
+
+
+def test_keras_fallback_prints_no_tensorflow_start_up_lines(tmp_path, tf):
+    """A real TensorFlow import in a fresh process (its C++ logging starts at import), with
+    the mirrors failing: TensorFlow's own log lines must not reach the user's terminal."""
+    env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
+    env.update(XDG_CACHE_HOME=str(tmp_path / "cache"), KERAS_HOME=str(tmp_path / "keras"))
+    env.pop(data.DATA_ENV, None)
+    code = ("from tinygrad_mnist.data import MNISTError, load_mnist\n"
+            "try:\n    load_mnist(mirrors=[])\nexcept MNISTError:\n    pass\nprint('done')")
+    result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                            timeout=300)
+    assert result.returncode == 0 and result.stdout.strip().endswith("done"), result.stderr
+    for line in result.stderr.splitlines():  # e.g. "I0000 00:00:... cpu_feature_guard.cc:227] ..."
+        assert not re.match(r"[IWEF]\d{4} ", line), result.stderr
+        assert "absl" not in line and "TensorFlow" not in line and "oneDNN" not in line, result.stderr

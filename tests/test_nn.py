@@ -141,6 +141,28 @@ def test_cross_entropy_rejects_bad_inputs(logits, labels, match):
         cross_entropy(Tensor(logits, requires_grad=True), labels)
 
 
+@pytest.mark.parametrize("labels", [[], np.zeros(0, np.int64)])
+def test_cross_entropy_of_an_empty_batch_is_a_clear_error(labels):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # before: NaN with a RuntimeWarning
+        with pytest.raises(ValueError, match=r"at least one example, got logits of shape \(0, 10\)"):
+            cross_entropy(Tensor(np.zeros((0, 10), np.float32), requires_grad=True), labels)
+
+
+@pytest.mark.parametrize("labels, match", [
+    ([1e30, 0.0], r"labels must be in \[0, 3\), got values from 0.0 to 1e\+30"),
+    ([-1e30, 0.0], r"labels must be in \[0, 3\), got values from -1e\+30 to 0.0"),
+    ([np.inf, 0.0], r"expects 2 integer labels.*float64"),
+    ([np.nan, 0.0], r"expects 2 integer labels.*float64"),
+])
+def test_cross_entropy_huge_or_non_finite_float_labels(labels, match):
+    """Float labels are cast to int only when that is exact: no overflow, no warning."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with pytest.raises(ValueError, match=match):
+            cross_entropy(Tensor(np.zeros((2, 3)), requires_grad=True), Tensor(labels, dtype=np.float64))
+
+
 def test_cross_entropy_rejects_logits_that_are_not_a_tensor():
     with pytest.raises(ValueError, match=r"shape \(N, C\)"):
         cross_entropy(np.zeros((2, 3)), [0, 1])
@@ -230,7 +252,56 @@ def test_load_state_dict_names_key_and_both_shapes_on_shape_mismatch():
         model.load_state_dict(state)
 
 
+@pytest.mark.parametrize("bad, match", [
+    (np.array(["a", "b", "c"]), r"\['layers.0.bias'\] has dtype <U1; expected real numbers"),
+    (np.array([None, None, None], dtype=object), r"\['layers.0.bias'\] has dtype object; expected"),
+    (np.array([1.0, np.nan, 2.0]), r"\['layers.0.bias'\] holds NaN or infinite values"),
+    (np.array([1.0, 1e300, 2.0]), r"\['layers.0.bias'\] holds NaN or infinite.*float32"),
+    (np.array([1 + 2j, 0, 0]), r"\['layers.0.bias'\] has dtype complex128"),
+    ([[1.0], [2.0, 3.0]], r"\['layers.0.bias'\] is not an array"),
+])
+def test_load_state_dict_is_all_or_nothing(bad, match):
+    """The bias comes after the weight: a refused bias must leave the weight untouched too."""
+    model = MLP([2, 3, 2], seed=0)
+    before = model.state_dict()
+    state = {k: v + 1 for k, v in before.items()}
+    state["layers.0.bias"] = bad
+    with pytest.raises(ValueError, match=match):
+        model.load_state_dict(state)
+    for name, value in model.state_dict().items():
+        np.testing.assert_array_equal(value, before[name])
+
+
+def test_load_state_dict_takes_int_arrays_and_tensors_but_not_a_list():
+    model = MLP([2, 1], seed=0)
+    model.load_state_dict({"layers.0.weight": np.array([[1], [2]]),
+                           "layers.0.bias": Tensor(np.array([0.5]))})
+    assert model.layers[0].weight.data.tolist() == [[1.0], [2.0]]
+    assert model.layers[0].bias.data.tolist() == [0.5]
+    assert all(p.dtype == np.float32 for p in model.parameters())
+    with pytest.raises(TypeError, match="expects a dict of name -> array, got list"):
+        model.load_state_dict(list(model.state_dict().values()))
+
+
 # ----------------------------------------------------------------------------- Linear
+
+
+@pytest.mark.parametrize("x, error, match", [
+    (Tensor(1.0), ValueError, r"4 features in the last axis, got shape \(\)"),
+    (np.ones((2, 4)), TypeError, r"Linear\(4→3\) expects a Tensor, got ndarray; wrap it as Tensor"),
+    ([[1.0, 2.0, 3.0, 4.0]], TypeError, r"expects a Tensor, got list"),
+])
+def test_linear_refuses_inputs_it_cannot_take(x, error, match):
+    with pytest.raises(error, match=match):
+        Linear(4, 3, rng=np.random.default_rng(0))(x)
+
+
+@pytest.mark.parametrize("sizes", [(0, 3), (4, 0), (-1, 3), (2.5, 3), (True, 3), ("4", 3)])
+def test_linear_refuses_sizes_that_are_not_positive_ints(sizes):
+    with pytest.raises(ValueError, match=r"Linear expects positive integer in_features and "
+                                         r"out_features, got "):
+        Linear(*sizes)
+
 
 
 def test_linear_shapes_init_and_forward():

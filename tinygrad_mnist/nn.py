@@ -5,7 +5,8 @@ sub-Modules, lists of Modules), so a layer is just a class that sets them in __i
 """
 from __future__ import annotations
 
-from typing import Any, Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -64,19 +65,40 @@ class Module:
     def state_dict(self) -> dict[str, np.ndarray]:
         return {name: p.data.copy() for name, p in self.named_parameters()}
 
-    def load_state_dict(self, state: dict[str, np.ndarray]) -> None:
-        """Copy arrays into the parameters; every name and shape must match exactly."""
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Copy arrays into the parameters, all or nothing: every name must match, and every
+        array must have its parameter's shape and finite real numbers, before any is copied."""
+        if not isinstance(state, Mapping):
+            raise TypeError(f"load_state_dict expects a dict of name -> array, got "
+                            f"{type(state).__name__}")
         params = dict(self.named_parameters())
         missing, unexpected = sorted(set(params) - set(state)), sorted(set(state) - set(params))
         if missing or unexpected:
             raise KeyError(f"state_dict does not fit {type(self).__name__}: missing {missing}, "
                            f"unexpected {unexpected}")
-        for name, p in params.items():  # check everything first: a refused load changes nothing
-            if np.shape(state[name]) != p.shape:
-                raise ValueError(f"state_dict[{name!r}] has shape {np.shape(state[name])}, "
-                                 f"the model's parameter has shape {p.shape}")
+        new = {name: _checked_parameter(name, state[name], p) for name, p in params.items()}
         for name, p in params.items():
-            p.data = np.asarray(state[name]).astype(p.dtype, copy=True)
+            p.data = new[name]
+
+
+def _checked_parameter(name: str, value: Any, p: Tensor) -> np.ndarray:
+    """`value` as a fresh array of p's dtype, or a ValueError saying why it cannot be p."""
+    try:
+        array = np.asarray(value.data if isinstance(value, Tensor) else value)
+    except (ValueError, TypeError) as e:  # e.g. ragged nested lists
+        raise ValueError(f"state_dict[{name!r}] is not an array ({e})") from e
+    if array.dtype.kind not in "fiu":  # object arrays (None) and strings would become NaN or fail
+        raise ValueError(f"state_dict[{name!r}] has dtype {array.dtype}; expected real numbers "
+                         f"(float or int) for a {p.dtype} parameter")
+    if array.shape != p.shape:
+        raise ValueError(f"state_dict[{name!r}] has shape {array.shape}, "
+                         f"the model's parameter has shape {p.shape}")
+    with np.errstate(over="ignore"):  # a float64 beyond float32's range: refused just below
+        array = array.astype(p.dtype, copy=True)
+    if not np.isfinite(array).all():
+        raise ValueError(f"state_dict[{name!r}] holds NaN or infinite values (after conversion "
+                         f"to {p.dtype}); expected finite numbers")
+    return array
 
 
 class Linear(Module):
@@ -87,6 +109,11 @@ class Linear(Module):
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True,
                  rng: np.random.Generator | None = None, dtype: Any = np.float32):
+        sizes = (in_features, out_features)
+        if not all(isinstance(n, (int, np.integer)) and not isinstance(n, bool) and n >= 1
+                   for n in sizes):
+            raise ValueError(f"Linear expects positive integer in_features and out_features, "
+                             f"got {in_features!r} and {out_features!r}")
         rng = rng if rng is not None else np.random.default_rng()
         self.in_features, self.out_features = in_features, out_features
         self.label = f"Linear({in_features}→{out_features})"
@@ -96,7 +123,10 @@ class Linear(Module):
             if bias else None
 
     def forward(self, x: Tensor) -> Tensor:
-        if x.shape[-1] != self.in_features:
+        if not isinstance(x, Tensor):  # as PyTorch: no silent conversion of arrays or lists
+            raise TypeError(f"{self.scope_label()} expects a Tensor, got {type(x).__name__}; "
+                            f"wrap it as Tensor(x)")
+        if x.ndim == 0 or x.shape[-1] != self.in_features:
             raise ValueError(f"{self.scope_label()} expects inputs with {self.in_features} "
                              f"features in the last axis, got shape {x.shape}")
         if x.ndim == 2 and self.bias is not None:  # a batch of vectors: the fused op
@@ -216,15 +246,20 @@ def cross_entropy(logits: Tensor, labels: Any) -> Tensor:
     if not isinstance(logits, Tensor) or logits.ndim != 2:
         raise ValueError(f"cross_entropy expects logits as a Tensor of shape (N, C), got "
                          f"{getattr(logits, 'shape', type(logits).__name__)}")
-    y = np.asarray(labels.data if isinstance(labels, Tensor) else labels)
-    if y.dtype.kind == "f" and np.all(y == np.round(y)):
-        y = y.astype(np.int64)  # Tensor(labels) turns ints into floats; accept whole numbers
+    given = y = np.asarray(labels.data if isinstance(labels, Tensor) else labels)
     n, c = logits.shape
+    if n == 0:  # the mean over no examples has no value
+        raise ValueError(f"cross_entropy expects at least one example, got logits of shape "
+                         f"{logits.shape}")
+    if y.dtype.kind == "f" and np.all(np.isfinite(y) & (y == np.round(y))):
+        # Tensor(labels) turns ints into floats: accept whole numbers, clipped so that a huge
+        # one stays out of range instead of overflowing the cast
+        y = np.clip(y, -1, c).astype(np.int64)
     if y.dtype.kind not in "iu" or y.shape != (n,):
         raise ValueError(f"cross_entropy expects {n} integer labels, shape ({n},), got dtype "
                          f"{y.dtype} and shape {y.shape}")
     y = y.astype(np.int64, copy=False)
     if y.size and y.view(np.uint64).max() >= c:  # one pass: negative labels wrap to huge values
         raise ValueError(f"cross_entropy labels must be in [0, {c}), got values from "
-                         f"{y.min()} to {y.max()}")
+                         f"{given.min()} to {given.max()}")
     return CrossEntropy.apply(logits, labels=y)
