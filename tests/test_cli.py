@@ -96,9 +96,9 @@ def test_ctrl_c_exits_cleanly_and_resume_finishes(mnist_dir, tmp_path):
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 130
     assert "Traceback" not in err
-    assert "interrupted during epoch" in out and "--resume" in out
+    assert "interrupted" in out and ("continue with --resume" in out or "--resume restarts" in out)
     saved = load_checkpoint(run / "checkpoint.npz").epoch
-    assert saved >= 1 and (run / "interrupted.npz").exists()
+    assert saved >= 1
     result = cli("train", "--epochs", saved + 1, "--hidden", "16", "--train-limit", 2000,
                  "--val-size", 500, "--no-progress", "--no-plots", "--run-dir", run,
                  "--data-dir", mnist_dir, "--resume")
@@ -125,7 +125,7 @@ def test_missing_and_broken_files_are_one_clear_line(tmp_path):
     broken = cli("predict", broken_file)
     no_data = cli("train", "--data-dir", tmp_path / "empty", "--run-dir", tmp_path / "run")
     for result, text in [(missing, "checkpoint not found"),
-                         (broken, "not a readable tinygrad_mnist checkpoint"),
+                         (broken, "is not a tinygrad_mnist checkpoint"),
                          (no_data, str(tmp_path / "empty"))]:
         assert result.returncode == 1
         assert text in result.stderr and "Traceback" not in result.stderr

@@ -1,14 +1,23 @@
 """The training loop on real MNIST: it learns, it is reproducible, and it keeps what it saved."""
 import dataclasses
 import json
+import os
+import signal
 
 import numpy as np
 import pytest
 
-from tinygrad_mnist.data import load_mnist
-from tinygrad_mnist.train import (CheckpointError, TrainConfig, TrainingDiverged, evaluate,
-                                  load_checkpoint, train)
 import tinygrad_mnist.train as train_module
+from tinygrad_mnist.data import load_mnist
+from tinygrad_mnist.train import (
+    CheckpointError,
+    Interrupted,
+    TrainConfig,
+    TrainingDiverged,
+    evaluate,
+    load_checkpoint,
+    train,
+)
 
 
 @pytest.fixture(scope="module")
@@ -61,14 +70,14 @@ def test_same_seed_same_numbers_and_other_seed_differs(mnist, tmp_path):
     assert not np.array_equal(a["layers.0.weight"], c["layers.0.weight"])
 
 
-def _interrupt_at_call(monkeypatch, n):
-    """Make the n-th loss computation raise KeyboardInterrupt, as Ctrl-C would."""
+def _signal_at_call(monkeypatch, n, signum=signal.SIGINT):
+    """Send this process `signum` during the n-th loss computation, as Ctrl-C or `kill` would."""
     real, calls = train_module.cross_entropy, {"n": 0}
 
     def cross_entropy(logits, labels):
         calls["n"] += 1
         if calls["n"] == n:
-            raise KeyboardInterrupt
+            os.kill(os.getpid(), signum)
         return real(logits, labels)
 
     monkeypatch.setattr(train_module, "cross_entropy", cross_entropy)
@@ -81,13 +90,14 @@ def test_resume_gives_the_same_numbers_as_an_uninterrupted_run(mnist, tmp_path, 
                          **{**SMALL, "lr": 0.05 if optimizer == "sgd" else 1e-3})
     train(config, tmp_path / "straight", data=mnist, progress=False, plots=False, log=quiet)
     with monkeypatch.context() as m:
-        _interrupt_at_call(m, 60)  # 3000 / 64 = 47 steps an epoch: stop inside epoch 2
-        with pytest.raises(KeyboardInterrupt):
+        _signal_at_call(m, 60)  # 3000 / 64 = 47 steps an epoch: stop inside epoch 2
+        with pytest.raises(Interrupted):
             train(config, tmp_path / "resumed", data=mnist, progress=False, plots=False,
                   log=quiet)
     assert load_checkpoint(tmp_path / "resumed" / "checkpoint.npz").epoch == 1
     train(config, tmp_path / "resumed", data=mnist, resume=True, progress=False, plots=False,
           log=quiet)
+    assert not (tmp_path / "resumed" / "interrupted.npz").exists()  # superseded, removed
     straight, resumed = _weights(tmp_path / "straight"), _weights(tmp_path / "resumed")
     assert all(np.array_equal(straight[k], resumed[k]) for k in straight)
     assert _numbers(tmp_path / "straight") == _numbers(tmp_path / "resumed")
@@ -121,25 +131,53 @@ def test_nan_loss_stops_clearly_and_keeps_the_last_good_checkpoint(mnist, tmp_pa
     poisoned = mnist.train_x.copy()
     poisoned[:, 0] = np.nan
     bad = dataclasses.replace(mnist, train_x=poisoned)
-    with pytest.raises(TrainingDiverged, match=r"loss became nan at epoch 2, step 1.*epoch 1"):
+    with pytest.raises(TrainingDiverged, match=r"loss became nan at epoch 2, step 1.*last completed epoch \(1\)"):
         train(config, tmp_path, data=bad, resume=True, progress=False, plots=False, log=quiet)
     assert (tmp_path / "checkpoint.npz").read_bytes() == good
     assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
 
 
-def test_ctrl_c_saves_the_weights_and_keeps_the_last_epoch(mnist, tmp_path, monkeypatch):
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_a_signal_saves_the_weights_between_steps_and_keeps_the_last_epoch(mnist, tmp_path,
+                                                                           monkeypatch, signum):
     config = TrainConfig(epochs=2, **SMALL)
-    _interrupt_at_call(monkeypatch, 60)
+    _signal_at_call(monkeypatch, 60, signum)  # step 13 of epoch 2 (47 steps an epoch)
     lines = []
-    with pytest.raises(KeyboardInterrupt):
+    with pytest.raises(Interrupted) as stopped:
         train(config, tmp_path, data=mnist, progress=False, plots=False, log=lines.append)
-    assert "interrupted during epoch 2" in lines[-1]
+    assert stopped.value.signum == signum
+    assert "interrupted during epoch 2 after step 13" in lines[-1]
+    assert "checkpoint.npz holds the last completed epoch (1)" in lines[-1]
+    assert "--resume restarts epoch 2" in lines[-1]
     assert load_checkpoint(tmp_path / "checkpoint.npz").epoch == 1
     partial = load_checkpoint(tmp_path / "interrupted.npz")
-    assert partial.epoch == 1
+    assert partial.epoch == 1 and partial.interrupted_at == (2, 13)
+    assert partial.optimizer_state["steps"] == 47 + 13  # the step it stopped after is whole
     full = load_checkpoint(tmp_path / "checkpoint.npz").model.state_dict()
     moved = partial.model.state_dict()
     assert not np.array_equal(full["layers.0.weight"], moved["layers.0.weight"])
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handlers restored
+
+
+def test_ctrl_c_and_nan_in_the_first_epoch_say_there_is_no_checkpoint(mnist, tmp_path,
+                                                                     monkeypatch):
+    config = TrainConfig(epochs=2, **SMALL)
+    lines = []
+    with monkeypatch.context() as m:
+        _signal_at_call(m, 5)
+        with pytest.raises(Interrupted):
+            train(config, tmp_path / "a", data=mnist, progress=False, plots=False,
+                  log=lines.append)
+    assert "no epoch was completed, so there is no checkpoint.npz to --resume" in lines[-1]
+    assert "start again with --overwrite" in lines[-1]
+    assert not (tmp_path / "a" / "checkpoint.npz").exists()
+    assert load_checkpoint(tmp_path / "a" / "interrupted.npz").interrupted_at == (1, 5)
+    with pytest.raises(FileNotFoundError, match="stopped before its first epoch.*--overwrite"):
+        train(config, tmp_path / "a", data=mnist, resume=True, log=quiet)
+    poisoned = dataclasses.replace(mnist, train_x=np.full_like(mnist.train_x, np.nan))
+    with pytest.raises(TrainingDiverged, match="epoch 1, step 1.*no epoch was completed"):
+        train(config, tmp_path / "b", data=poisoned, progress=False, plots=False, log=quiet)
+    assert not (tmp_path / "b" / "checkpoint.npz").exists()
 
 
 def test_pictures_are_written_and_decode(mnist, tmp_path):
@@ -158,7 +196,7 @@ def test_pictures_are_written_and_decode(mnist, tmp_path):
 def test_bad_checkpoint_file_is_a_clear_error(tmp_path, content):
     path = tmp_path / "checkpoint.npz"
     path.write_bytes(content)
-    with pytest.raises(CheckpointError, match="not a readable tinygrad_mnist checkpoint"):
+    with pytest.raises(CheckpointError, match="is not a tinygrad_mnist checkpoint"):
         load_checkpoint(path)
 
 
