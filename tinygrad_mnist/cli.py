@@ -232,7 +232,8 @@ def _graph(args: argparse.Namespace) -> int:
     kind = picture_format(out, formats)
     check_writable(out, kind, args.overwrite)
     if kind != "dot":  # the DOT source is written beside the picture: never over the user's own
-        check_writable(out.with_suffix(".gv"), "dot", args.overwrite, flag="--out (its .gv source)")
+        check_writable(out.with_suffix(".gv"), "dot", args.overwrite,
+                       why=f" (graph writes the DOT source of {out} there)")
     sizes = [784, *args.hidden, 10]
     check_model_size(sizes, args.batch_size)
     data = load_mnist(args.data_dir, val_size=0)

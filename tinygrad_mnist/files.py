@@ -117,19 +117,20 @@ def file_kind(path: str | os.PathLike) -> str:
 
 
 def check_writable(path: str | os.PathLike, kind: str, overwrite: bool,
-                   flag: str = "--out") -> None:
+                   flag: str = "--out", why: str = "") -> None:
     """Refuse to replace an existing `path` unless `overwrite`, and even then unless it holds
     the same `kind` of file (see `file_kind`): `--overwrite` replaces an old picture, never a
-    checkpoint or a user's DOT source with a picture."""
+    checkpoint or a user's DOT source with a picture. `why` says why the command writes
+    `path` when the user did not name it (a file written beside --out)."""
     path = Path(path)
     if not path.exists() and not path.is_symlink():
         return
     if path.is_dir():
         raise IsADirectoryError(f"{flag} {path} is a directory; expected a file name")
     if not overwrite:
-        raise FileExistsError(f"{path} already exists; pass --overwrite to replace it, or "
+        raise FileExistsError(f"{path} already exists{why}; pass --overwrite to replace it, or "
                               f"choose another {flag}")
     found = file_kind(path)
     if found not in (kind, "empty"):
-        raise FileExistsError(f"{path} holds a {found} file, not {kind}; refusing to replace "
-                              f"it even with --overwrite (choose another {flag})")
+        raise FileExistsError(f"{path} holds a {found} file, not {kind}{why}; refusing to "
+                              f"replace it even with --overwrite (choose another {flag})")
