@@ -15,7 +15,7 @@ import os
 import re
 import uuid
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import BinaryIO
 
@@ -50,7 +50,8 @@ def atomic_writer(path: str | os.PathLike) -> Iterator[BinaryIO]:
         error.errno = e.errno
         raise error from e
     finally:
-        tmp.unlink(missing_ok=True)
+        with suppress(OSError):  # e.g. the directory could not be made: no temp file either
+            tmp.unlink(missing_ok=True)
 
 
 def atomic_write(path: str | os.PathLike, content: bytes) -> Path:
