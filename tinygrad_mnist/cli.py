@@ -147,21 +147,25 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    from .train import Interrupted
-
-    def terminate(signum: int, frame: object) -> None:
-        raise Interrupted(signum)
-
-    signal.signal(signal.SIGTERM, terminate)  # like Ctrl-C: clean up, exit 143
+    signal.signal(signal.SIGTERM, _terminate)  # first: a `kill` while starting up is clean too
+    command = "?"
     try:
-        return {"train": _train, "eval": _eval, "predict": _predict, "graph": _graph}[
-            args.command](args)
-    except KeyboardInterrupt as e:
+        args = build_parser().parse_args(argv)
+        command = args.command
+        return {"train": _train, "eval": _eval, "predict": _predict, "graph": _graph}[command](args)
+    except KeyboardInterrupt as e:  # Ctrl-C, or SIGTERM (train saved what it had first)
         return 128 + getattr(e, "signum", signal.SIGINT)
     except (OSError, ValueError, RuntimeError) as e:  # user-facing problems: one clear line
-        print(f"tinygrad-mnist {args.command}: error: {e}", file=sys.stderr)
+        print(f"tinygrad-mnist {command}: error: {e}", file=sys.stderr)
         return 1
+
+
+def _terminate(signum: int, frame: object) -> None:
+    """SIGTERM (kill, systemd, job schedulers) unwinds like Ctrl-C: temp files are removed and
+    the exit status is 143. train.Interrupted says the same, without importing NumPy here."""
+    stop = KeyboardInterrupt("SIGTERM")
+    stop.signum = signum  # type: ignore[attr-defined]
+    raise stop
 
 
 _CONFIG_FLAGS = ("hidden", "epochs", "batch_size", "optimizer", "lr", "momentum", "weight_decay",
