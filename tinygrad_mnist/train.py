@@ -585,7 +585,8 @@ def _check_meta(meta: Any) -> dict[str, Any]:
     for name in ("optimizer", "schedule"):
         if not isinstance(config[name], str):
             raise TypeError(f"metadata config {name!r} must be a string, got {config[name]!r}")
-    epoch, history = meta.get("epoch"), meta.get("history")
+    epoch: Any = meta.get("epoch")
+    history = meta.get("history")
     if not is_int(config["epochs"]):
         raise ValueError(f"metadata config 'epochs' must be an integer, got {config['epochs']!r}")
     if not is_int(epoch) or not 0 <= epoch <= config["epochs"]:
