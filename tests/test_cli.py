@@ -1,10 +1,13 @@
 """The `tinygrad-mnist` command, run as a user runs it: in a subprocess."""
+import io
 import json
 import os
 import signal
 import subprocess
 import sys
+import zipfile
 
+import numpy as np
 import pytest
 
 from tinygrad_mnist.data import load_mnist
@@ -357,3 +360,25 @@ def test_sigterm_saves_like_ctrl_c_and_exits_143(mnist_dir, tmp_path):
     assert sorted(p.name for p in run.iterdir()) == ["interrupted.npz"]  # and no temp file
     again = cli("train", "--resume", "--run-dir", run, "--data-dir", mnist_dir)
     one_line_error(again, "the run was stopped before its first epoch ended", "--overwrite")
+
+
+def test_resume_from_hand_edited_metadata_fails_before_training(trained, mnist_dir, tmp_path):
+    run, _ = trained
+    with zipfile.ZipFile(run / "checkpoint.npz") as z:
+        content = {name: z.read(name) for name in z.namelist()}
+    meta = json.loads(str(np.load(io.BytesIO(content["meta.npy"]))))
+    meta["history"] = "abc"
+    buffer = io.BytesIO()
+    np.save(buffer, np.array(json.dumps(meta)))
+    content["meta.npy"] = buffer.getvalue()
+    edited = tmp_path / "run"
+    edited.mkdir()
+    with zipfile.ZipFile(edited / "checkpoint.npz", "w") as z:
+        for name, data in content.items():
+            z.writestr(name, data)
+    for args in (["train", "--resume", "--epochs", 2, "--run-dir", edited],
+                 ["eval", edited / "checkpoint.npz"]):
+        result = cli(*args, "--data-dir", mnist_dir)
+        one_line_error(result, "is not a tinygrad_mnist checkpoint", "'history' must be a list of "
+                       "1 rows")
+        assert "epoch 2" not in result.stdout

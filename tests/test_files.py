@@ -29,10 +29,9 @@ def test_a_write_is_fsynced_before_the_rename(tmp_path, monkeypatch):
 def test_a_full_disk_names_the_path_and_keeps_the_old_file(tmp_path):
     path = tmp_path / "metrics.json"
     path.write_bytes(b"old")
-    with pytest.raises(OSError) as error:
-        with atomic_writer(path) as f:
-            f.write(b"half")
-            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+    with pytest.raises(OSError) as error, atomic_writer(path) as f:
+        f.write(b"half")
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
     assert str(error.value) == f"cannot write {path}: No space left on device"
     assert error.value.errno == errno.ENOSPC
     assert path.read_bytes() == b"old" and [p.name for p in tmp_path.iterdir()] == ["metrics.json"]
