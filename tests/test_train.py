@@ -338,3 +338,31 @@ def test_a_model_too_big_for_memory_is_refused_before_anything_is_built(tmp_path
     with pytest.raises(ValueError, match=r"784-100000000-10 has 79,500,000,010 parameters"):
         train(TrainConfig(hidden=(100_000_000,)), tmp_path / "run", log=quiet)
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("schedule, old, new, done, says", [
+    ("cosine", 2, 4, 2, "so epoch 3 starts at lr 0.05 (the 2-epoch schedule is at 0 there); the "
+                        "result differs from a straight 4-epoch run"),
+    ("step", 2, 3, 2, "it gave the same rates so far, so the result equals a straight 3-epoch run"),
+    ("step", 3, 6, 3, "so epoch 4 starts at lr 0.01 (the 3-epoch schedule is at 0.0001 there)"),
+    ("none", 2, 4, 2, "the learning rate is constant (--schedule none), so the result equals"),
+])
+def test_a_new_epochs_on_resume_says_what_it_does_to_the_schedule(schedule, old, new, done, says):
+    text = train_module._new_epochs_effect(TrainConfig(epochs=old, schedule=schedule),
+                                           TrainConfig(epochs=new, schedule=schedule), done)
+    assert text.startswith(f"--epochs {new} differs from the checkpoint's {old}") and says in text
+
+
+def test_resume_with_a_new_step_schedule_length_equals_a_straight_run(mnist, tmp_path):
+    """The message's claim, checked: 2 then --epochs 3 with the step schedule (x0.1 at epoch 1
+    either way) gives exactly the straight 3-epoch run."""
+    config = TrainConfig(epochs=3, schedule="step", **SMALL)
+    train(config, tmp_path / "straight", data=mnist, progress=False, plots=False, log=quiet)
+    train(dataclasses.replace(config, epochs=2), tmp_path / "resumed", data=mnist,
+          progress=False, plots=False, log=quiet)
+    lines = []
+    train(config, tmp_path / "resumed", data=mnist, resume=True, progress=False, plots=False,
+          log=lines.append)
+    assert any("equals a straight 3-epoch run" in line for line in lines)
+    straight, resumed = _weights(tmp_path / "straight"), _weights(tmp_path / "resumed")
+    assert all(np.array_equal(straight[k], resumed[k]) for k in straight)

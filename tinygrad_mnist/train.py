@@ -244,7 +244,7 @@ def train(config: TrainConfig, run_dir: str | os.PathLike, data: MNIST | None = 
                                          train_y, progress, stop)
                 if stop.signum:
                     break
-                _check_finite(model, epoch, history)
+                _check_finite(model, epoch)
                 row["val_loss"], row["val_acc"] = evaluate(model, data.val_x, data.val_y) \
                     if len(data.val_x) else (float("nan"), float("nan"))
                 history.append(row)
@@ -307,17 +307,33 @@ def _check_resume(saved: Checkpoint, config: TrainConfig, run_dir: Path,
         raise ValueError(f"--epochs {config.epochs} is fewer than the {saved.epoch} epochs "
                          f"{run_dir / CHECKPOINT} already holds")
     log(f"resuming {run_dir / CHECKPOINT} after epoch {saved.epoch} of {config.epochs}")
-    if config.epochs != old.epochs and config.schedule != "none":
-        before, after = lr_schedule(old)(saved.epoch), lr_schedule(config)(saved.epoch)
-        log(f"--epochs {config.epochs} differs from the checkpoint's {old.epochs}: the {config.schedule} "
-            f"learning-rate schedule is recomputed for {config.epochs} epochs, so epoch "
-            f"{saved.epoch + 1} starts at lr {after:.4g} (the {old.epochs}-epoch schedule is at "
-            f"{before:.4g} there); the result differs from a straight {config.epochs}-epoch run")
+    if config.epochs != old.epochs:
+        log(_new_epochs_effect(old, config, saved.epoch))
     partial = run_dir / INTERRUPTED
     if partial.exists():
         log(f"{partial} (a run stopped inside epoch {saved.epoch + 1}) is not resumed from: epoch "
             f"{saved.epoch + 1} starts again from {CHECKPOINT}, which gives the same numbers as "
             f"an uninterrupted run; {INTERRUPTED} is removed when that epoch is saved")
+
+
+def _new_epochs_effect(old: TrainConfig, new: TrainConfig, done: int) -> str:
+    """What resuming with another --epochs does to the learning-rate schedule, in one line."""
+    if new.schedule == "none":
+        return (f"--epochs {new.epochs} differs from the checkpoint's {old.epochs}: the learning "
+                f"rate is constant (--schedule none), so the result equals a straight "
+                f"{new.epochs}-epoch run")
+    before, after = lr_schedule(old), lr_schedule(new)
+    steps_done = np.linspace(0, done, 64 * done, endpoint=False)  # points of the epochs done
+    same_past = all(before(t) == after(t) for t in steps_done)
+    text = (f"--epochs {new.epochs} differs from the checkpoint's {old.epochs}: the "
+            f"{new.schedule} learning-rate schedule is recomputed for {new.epochs} epochs")
+    if before(done) != after(done):
+        text += (f", so epoch {done + 1} starts at lr {after(done):.4g} (the {old.epochs}-epoch "
+                 f"schedule is at {before(done):.4g} there)")
+    if same_past:
+        return text + f"; it gave the same rates so far, so the result equals a straight " \
+                      f"{new.epochs}-epoch run"
+    return text + f"; the result differs from a straight {new.epochs}-epoch run"
 
 
 def _flag_text(value: Any) -> str:
@@ -338,7 +354,7 @@ def _advice(resumed: bool) -> str:
     return "try a smaller --lr"
 
 
-def _check_finite(model: Module, epoch: int, history: list[dict]) -> None:
+def _check_finite(model: Module, epoch: int) -> None:
     """A step can leave inf/NaN weights after a finite loss; never save them as a checkpoint."""
     if not all(np.isfinite(p.data).all() for p in model.parameters()):
         raise TrainingDiverged(f"the weights became inf or nan in epoch {epoch + 1}; stopped")
