@@ -135,7 +135,8 @@ def test_nan_loss_stops_clearly_and_keeps_the_last_good_checkpoint(mnist, tmp_pa
     poisoned = mnist.train_x.copy()
     poisoned[:, 0] = np.nan
     bad = dataclasses.replace(mnist, train_x=poisoned)
-    with pytest.raises(TrainingDiverged, match=r"loss became nan at epoch 2, step 1.*last completed epoch \(1\)"):
+    with pytest.raises(TrainingDiverged,
+                       match=r"loss became nan at epoch 2, step 1.*last completed epoch \(1\)"):
         train(config, tmp_path, data=bad, resume=True, progress=False, plots=False, log=quiet)
     assert (tmp_path / "checkpoint.npz").read_bytes() == good
     assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
