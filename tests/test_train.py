@@ -367,3 +367,16 @@ def test_resume_with_a_new_step_schedule_length_equals_a_straight_run(mnist, tmp
     assert any("equals a straight 3-epoch run" in line for line in lines)
     straight, resumed = _weights(tmp_path / "straight"), _weights(tmp_path / "resumed")
     assert all(np.array_equal(straight[k], resumed[k]) for k in straight)
+
+
+def test_an_ignored_sigint_stays_ignored(mnist, tmp_path, monkeypatch):
+    """`nohup` and `cmd &` in a script start Python with SIGINT ignored: training goes on."""
+    _signal_at_call(monkeypatch, 5)
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        summary = train(TrainConfig(epochs=1, **SMALL), tmp_path, data=mnist, progress=False,
+                        plots=False, log=quiet)
+        assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    assert summary["epochs"] == 1 and not (tmp_path / "interrupted.npz").exists()

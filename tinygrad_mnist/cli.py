@@ -148,15 +148,18 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, _terminate)  # first: a `kill` while starting up is clean too
-    command = "?"
+    prog = "tinygrad-mnist"
     try:
         args = build_parser().parse_args(argv)
-        command = args.command
-        return {"train": _train, "eval": _eval, "predict": _predict, "graph": _graph}[command](args)
+        prog = f"tinygrad-mnist {args.command}"
+        return {"train": _train, "eval": _eval, "predict": _predict, "graph": _graph}[
+            args.command](args)
     except KeyboardInterrupt as e:  # Ctrl-C, or SIGTERM (train saved what it had first)
-        return 128 + getattr(e, "signum", signal.SIGINT)
+        signum = getattr(e, "signum", signal.SIGINT)
+        print(f"{prog}: stopped by {signal.Signals(signum).name}", file=sys.stderr)
+        return 128 + signum
     except (OSError, ValueError, RuntimeError) as e:  # user-facing problems: one clear line
-        print(f"tinygrad-mnist {command}: error: {e}", file=sys.stderr)
+        print(f"{prog}: error: {e}", file=sys.stderr)
         return 1
 
 

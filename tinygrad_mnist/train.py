@@ -383,7 +383,8 @@ class _StopRequest:
 def _stop_between_steps() -> Iterator[_StopRequest]:
     """Turn the first SIGINT/SIGTERM into a request that the loop honours between two steps
     (so weights and optimizer state are never half-updated when saved); a second one raises
-    Interrupted at once. Outside the main thread signals cannot be caught: nothing changes."""
+    Interrupted at once. A signal the process ignores stays ignored, and outside the main
+    thread signals cannot be caught: nothing changes."""
     stop = _StopRequest()
     if threading.current_thread() is not threading.main_thread():
         yield stop
@@ -394,7 +395,8 @@ def _stop_between_steps() -> Iterator[_StopRequest]:
             raise Interrupted(signum)
         stop.signum = signum
 
-    old = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+    old = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)
+           if signal.getsignal(s) is not signal.SIG_IGN}  # nohup, `cmd &`: stay ignored
     try:
         yield stop
     finally:
