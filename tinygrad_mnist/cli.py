@@ -11,6 +11,7 @@ import argparse
 import math
 import signal
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 MAX_PREDICT = 100  # digits in one predictions picture: more is unreadable and slow to draw
@@ -27,26 +28,27 @@ def _hidden(text: str) -> tuple[int, ...]:
     return sizes
 
 
-def _int_at_least(low: int, high: int | None = None):
-    """An argparse type: an integer in [low, high]; argparse names the flag in its error."""
+def _int_range(low: int, high: int | None = None) -> Callable[[str], int]:
+    """An argparse type: an integer in [low, high] (low 0 or 1); argparse names the flag."""
+    what = f"an integer from {low} to {high}" if high is not None else \
+        ("a non-negative integer" if low == 0 else "a positive integer")
+
     def parse(text: str) -> int:
         try:
             value = int(text)
         except ValueError:
             value = low - 1
         if value < low or (high is not None and value > high):
-            what = {0: "a non-negative integer", 1: "a positive integer"}.get(low, f"an integer >= {low}")
-            if high is not None:
-                what = f"an integer from {low} to {high}"
             raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}")
         return value
     return parse
 
 
-_positive_int = _int_at_least(1)
+_positive_int = _int_range(1)
 
 
-def _number(low: float, high: float | None = None, low_open: bool = False):
+def _number(low: float, high: float | None = None,
+            low_open: bool = False) -> Callable[[str], float]:
     """An argparse type: a finite float in [low, high) (or (low, ...) when low_open)."""
     def parse(text: str) -> float:
         try:
@@ -101,8 +103,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--hidden", type=_hidden, help=f"hidden layer sizes, comma-separated "
                    f"(default {','.join(map(str, d.hidden))})")
     t.add_argument("--dropout", type=_number(0, 1), help=f"(default {d.dropout})")
-    t.add_argument("--seed", type=_int_at_least(0), help=f"(default {d.seed})")
-    t.add_argument("--val-size", type=_int_at_least(0, 59_999), help=f"training examples held "
+    t.add_argument("--seed", type=_int_range(0), help=f"(default {d.seed})")
+    t.add_argument("--val-size", type=_int_range(0, 59_999), help=f"training examples held "
                    f"out for validation (default {d.val_size})")
     t.add_argument("--train-limit", type=_positive_int, help="train on the first N examples "
                    "only (a quick run)")
@@ -125,9 +127,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("predict", help="predict test digits and plot them",
                        description="Print and plot test digits with true label and prediction.")
     p.add_argument("checkpoint", help="a checkpoint.npz written by `train`")
-    p.add_argument("--count", type=_int_at_least(1, MAX_PREDICT), default=16,
+    p.add_argument("--count", type=_int_range(1, MAX_PREDICT), default=16,
                    help=f"how many digits, at most {MAX_PREDICT} (default %(default)s)")
-    p.add_argument("--start", type=_int_at_least(0), default=0,
+    p.add_argument("--start", type=_int_range(0), default=0,
                    help="index of the first test digit")
     p.add_argument("--out", default="predictions.png", help="picture to write: .png, .jpg, "
                    ".svg or .pdf (default %(default)s)")
