@@ -284,6 +284,7 @@ def test_hand_edited_metadata_is_a_clear_error_at_load_time(tmp_path, edit, mess
     ("model/layers.0.bias.npy", np.array(["a"] * 8), "holds <U1 values, expected numbers"),
     ("model/extra.npy", np.zeros(3, np.float32), "unexpected ['model/extra.npy']"),
     ("meta.npy", np.zeros(3), "holds float64 values, expected text"),
+    ("meta.npy", np.array("[" * 100_000 + "]" * 100_000), "maximum recursion depth exceeded"),
 ])
 def test_crafted_members_are_refused_without_unpickling(tmp_path, member, data, message):
     path = _rewrite(_checkpoint_bytes(tmp_path), tmp_path / "crafted.npz",

@@ -516,7 +516,7 @@ def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
             members = {info.filename: info for info in z.infolist()}
             if "meta.npy" not in members:
                 raise ValueError("it has no metadata (meta.npy)")
-            text = _read_npy(z, members["meta.npy"], None, "U", MAX_META_BYTES)
+            text = _read_npy(z, members["meta.npy"], "U", max_bytes=MAX_META_BYTES)
             meta = _check_meta(json.loads(str(text[()])))
             config = TrainConfig(**{**meta["config"], "hidden": tuple(meta["config"]["hidden"])})
             check_model_size([784, *config.hidden, 10], config.batch_size)
@@ -527,10 +527,10 @@ def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
             if unexpected or missing:
                 raise ValueError(f"its arrays do not fit MLP {model.sizes}: missing {missing}, "
                                  f"unexpected {unexpected}")
-            arrays = {name[:-4]: _read_npy(z, members[name], shape, kind, 0)
+            arrays = {name[:-4]: _read_npy(z, members[name], kind, shape)
                       for name, (shape, kind) in shapes.items() if name in members}
-    except (zipfile.BadZipFile, zipfile.LargeZipFile, ValueError, TypeError, KeyError,
-            OSError, EOFError, UnicodeDecodeError, NotImplementedError) as e:
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, ValueError, TypeError, KeyError, OSError,
+            EOFError, NotImplementedError, RecursionError) as e:  # RecursionError: [[[[... JSON
         raise CheckpointError(f"{path} is not a tinygrad_mnist checkpoint (an .npz written by "
                               f"`tinygrad-mnist train`), or it is damaged: {e}") from None
     model.load_state_dict({k[6:]: v for k, v in arrays.items() if k.startswith("model/")})
@@ -551,10 +551,11 @@ def _expected_shapes(config: TrainConfig, model: Module) -> dict[str, tuple[tupl
     return shapes
 
 
-def _read_npy(z: zipfile.ZipFile, info: zipfile.ZipInfo, shape: tuple | None, kinds: str,
-              max_bytes: int) -> np.ndarray:
-    """One .npy member, bounded: its zip header's size, then its .npy header (dtype, shape),
-    are checked before its data is read; zipfile never inflates past the size it declared."""
+def _read_npy(z: zipfile.ZipFile, info: zipfile.ZipInfo, kinds: str, shape: tuple | None = None,
+              max_bytes: int = 0) -> np.ndarray:
+    """One .npy member of dtype kind `kinds`, and of `shape` if given (else at most
+    `max_bytes`), bounded: its zip header's size, then its .npy header (dtype, shape), are
+    checked before its data is read; zipfile never inflates past the size it declared."""
     if shape is not None:
         max_bytes = _NPY_HEADER + 8 * math.prod(shape)
     if info.file_size > max_bytes:
