@@ -1,11 +1,13 @@
 """files.py: atomic, fsynced writes that name the path on failure, and the overwrite rules."""
 import errno
 import os
+import signal
 
 import pytest
 
 from tinygrad_mnist import files
 from tinygrad_mnist.files import (
+    WriteError,
     atomic_write,
     atomic_writer,
     check_writable,
@@ -27,20 +29,35 @@ def test_a_write_is_fsynced_before_the_rename(tmp_path, monkeypatch):
 
 
 def test_a_full_disk_names_the_path_and_keeps_the_old_file(tmp_path):
+    """A disk that fills up, by a file-size limit: the write fails with EFBIG (POSIX)."""
+    resource = pytest.importorskip("resource")
     path = tmp_path / "metrics.json"
     path.write_bytes(b"old")
-    with pytest.raises(OSError) as error, atomic_writer(path) as f:
-        f.write(b"half")
-        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-    assert str(error.value) == f"cannot write {path}: No space left on device"
-    assert error.value.errno == errno.ENOSPC
+    limits, handler = resource.getrlimit(resource.RLIMIT_FSIZE), signal.getsignal(signal.SIGXFSZ)
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # fail the write, do not kill the process
+    resource.setrlimit(resource.RLIMIT_FSIZE, (1000, limits[1]))
+    try:
+        with pytest.raises(WriteError) as error:
+            atomic_write(path, b"x" * 100_000)
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, limits)
+        signal.signal(signal.SIGXFSZ, handler)
+    assert str(error.value) == f"cannot write {path}: {os.strerror(errno.EFBIG)}"
+    assert error.value.errno == errno.EFBIG and isinstance(error.value, OSError)
     assert path.read_bytes() == b"old" and [p.name for p in tmp_path.iterdir()] == ["metrics.json"]
+
+
+def test_an_error_of_the_writing_code_passes_through_unchanged(tmp_path):
+    """A failed download inside the block is not a write error: it keeps its own message."""
+    with pytest.raises(ConnectionError, match="^no network$"), atomic_writer(tmp_path / "a"):
+        raise ConnectionError("no network")
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_an_unwritable_directory_names_the_path(tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("x")
-    with pytest.raises(OSError, match=f"cannot write {blocker / 'sub' / 'a.png'}: "):
+    with pytest.raises(WriteError, match=f"cannot write {blocker / 'sub' / 'a.png'}: "):
         atomic_write(blocker / "sub" / "a.png", b"x")
 
 

@@ -3,7 +3,7 @@ command never replaces a file it did not create unless the user says so.
 
 Every command that writes uses these helpers:
 - `atomic_writer` / `atomic_write`: write to a hidden temp file beside the target, fsync it,
-  then `os.replace` it over the target; a failed write names the path.
+  then `os.replace` it over the target; a failed write raises WriteError, naming the path.
 - `picture_format`: the format an `--out` path asks for, by its extension, or a clear refusal.
 - `check_writable`: refuse an existing file without `--overwrite`, and a file of another kind
   (a picture over a checkpoint) even with it.
@@ -11,13 +11,14 @@ Every command that writes uses these helpers:
 """
 from __future__ import annotations
 
+import io
 import os
 import re
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 # --out extension -> the format name matplotlib and Graphviz use for it
 PICTURE_FORMATS = {".png": "png", ".jpg": "jpeg", ".jpeg": "jpeg", ".svg": "svg", ".pdf": "pdf"}
@@ -25,32 +26,60 @@ PICTURE_FORMATS = {".png": "png", ".jpg": "jpeg", ".jpeg": "jpeg", ".svg": "svg"
 _TEMP = re.compile(r"^\..+\.[0-9a-f]{12}\.tmp$")  # the names atomic_writer gives its temp files
 
 
+class WriteError(OSError):
+    """Writing a file failed; the message names it: "cannot write PATH: No space left on device"."""
+
+
+@contextmanager
+def _naming(path: Path) -> Iterator[None]:
+    """Raise an OSError of the enclosed block again as a WriteError that names `path`."""
+    try:
+        yield
+    except WriteError:
+        raise
+    except OSError as e:
+        error = WriteError(f"cannot write {path}: {e.strerror or e}")
+        error.errno = e.errno
+        raise error from e
+
+
+class _TempFile(io.FileIO):
+    """The temp file's raw writes: a failure (a full disk) names the file the user asked for,
+    while an error of the writing code itself (a failed download) passes through as it is."""
+
+    def __init__(self, tmp: Path, target: Path):
+        super().__init__(tmp, "xb")  # the usual umask permissions, unlike mkstemp's 0600
+        self.target = target
+
+    def write(self, data: Any) -> int:
+        with _naming(self.target):
+            return super().write(data)
+
+
 @contextmanager
 def atomic_writer(path: str | os.PathLike) -> Iterator[BinaryIO]:
     """Yield a binary file beside `path`; it replaces `path` only if the block succeeds.
 
     The data is fsynced before the rename (and the directory after it), so after a crash or
-    power loss `path` is the old file or the complete new one, never an empty one. An OSError
-    (a full disk, no permission) is raised again as "cannot write PATH: reason".
+    power loss `path` is the old file or the complete new one, never an empty one. A failed
+    write (a full disk, no permission) raises WriteError, "cannot write PATH: reason".
     """
     path = Path(path)
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:12]}.tmp")
-    try:
+    with _naming(path):
         path.parent.mkdir(parents=True, exist_ok=True)
-        with open(tmp, "xb") as f:  # the usual umask permissions, unlike mkstemp's 0600
+        f = io.BufferedWriter(_TempFile(tmp, path))
+    try:
+        with f:
             yield f
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+            with _naming(path):
+                f.flush()
+                os.fsync(f.fileno())
+        with _naming(path):
+            os.replace(tmp, path)
         _fsync_dir(path.parent)
-    except OSError as e:
-        if str(e).startswith("cannot write "):
-            raise
-        error = OSError(f"cannot write {path}: {e.strerror or e}")
-        error.errno = e.errno
-        raise error from e
     finally:
-        with suppress(OSError):  # e.g. the directory could not be made: no temp file either
+        with suppress(OSError):
             tmp.unlink(missing_ok=True)
 
 
