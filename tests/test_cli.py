@@ -99,7 +99,7 @@ def test_ctrl_c_exits_cleanly_and_resume_finishes(mnist_dir, tmp_path):
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 130
     assert "Traceback" not in err
-    assert "interrupted" in out and ("continue with --resume" in out or "--resume restarts" in out)
+    assert "interrupted" in out and ("continue with --resume" in out or "--resume continues" in out)
     saved = load_checkpoint(run / "checkpoint.npz").epoch
     assert saved >= 1
     result = cli("train", "--epochs", saved + 1, "--hidden", "16", "--train-limit", 2000,
@@ -233,7 +233,8 @@ def test_train_refuses_a_run_dir_holding_any_run_file(mnist_dir, tmp_path, name)
     (run / name).write_bytes(b"the user's")
     result = cli("train", "--epochs", 1, *SMALL_RUN, "--run-dir", run, "--data-dir", mnist_dir)
     one_line_error(result, name, "--overwrite")
-    assert ("--resume" in result.stderr) == (name == "checkpoint.npz")  # only when it can work
+    can_resume = name in ("checkpoint.npz", "interrupted.npz")  # offered only when it can work
+    assert ("--resume" in result.stderr) == can_resume
     assert [p.name for p in run.iterdir()] == [name] and (run / name).read_bytes() == b"the user's"
 
 
@@ -352,14 +353,17 @@ def test_sigterm_saves_like_ctrl_c_and_exits_143(mnist_dir, tmp_path):
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 143, err
     assert err.strip() == "tinygrad-mnist train: stopped by SIGTERM"
-    assert "interrupted during epoch 1 after step" in out
-    assert "no epoch was completed, so there is no checkpoint.npz to --resume" in out
-    assert "start again with --overwrite" in out
+    assert "interrupted during epoch 1 after step" in out and "no epoch was completed yet" in out
+    assert "--resume continues from step" in out
     partial = load_checkpoint(run / "interrupted.npz")
-    assert partial.epoch == 0 and partial.interrupted_at[0] == 1
+    assert partial.epoch == 0 and partial.partial.epoch == 1
     assert sorted(p.name for p in run.iterdir()) == ["interrupted.npz"]  # and no temp file
-    again = cli("train", "--resume", "--run-dir", run, "--data-dir", mnist_dir)
-    one_line_error(again, "the run was stopped before its first epoch ended", "--overwrite")
+    again = cli("train", "--resume", "--epochs", 1, "--no-progress", "--no-plots", "--run-dir",
+                run, "--data-dir", mnist_dir)
+    assert again.returncode == 0, again.stderr
+    assert f"in epoch 1 after step {partial.partial.step} of 1" in again.stdout
+    assert load_checkpoint(run / "checkpoint.npz").epoch == 1
+    assert not (run / "interrupted.npz").exists()
 
 
 def test_resume_from_hand_edited_metadata_fails_before_training(trained, mnist_dir, tmp_path):

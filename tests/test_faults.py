@@ -29,8 +29,9 @@ def start(run_dir, mnist_dir, *extra):
 
 
 def continue_args(run_dir):
-    """What a user does next: resume if an epoch was saved, else start again."""
-    return ["--resume"] if (run_dir / "checkpoint.npz").exists() else ["--overwrite"]
+    """What a user does next: resume if anything was saved, else start again."""
+    saved = (run_dir / "checkpoint.npz").exists() or (run_dir / "interrupted.npz").exists()
+    return ["--resume"] if saved else ["--overwrite"]
 
 
 def temp_files(run_dir):

@@ -153,10 +153,11 @@ def test_a_signal_saves_the_weights_between_steps_and_keeps_the_last_epoch(mnist
     assert stopped.value.signum == signum
     assert "interrupted during epoch 2 after step 13" in lines[-1]
     assert "checkpoint.npz holds the last completed epoch (1)" in lines[-1]
-    assert "--resume restarts epoch 2" in lines[-1]
+    assert "--resume continues from step 14, with the same numbers" in lines[-1]
     assert load_checkpoint(tmp_path / "checkpoint.npz").epoch == 1
     partial = load_checkpoint(tmp_path / "interrupted.npz")
-    assert partial.epoch == 1 and partial.interrupted_at == (2, 13)
+    assert partial.epoch == 1 and (partial.partial.epoch, partial.partial.step) == (2, 13)
+    assert partial.partial.seen == 13 * 64
     assert partial.optimizer_state["steps"] == 47 + 13  # the step it stopped after is whole
     full = load_checkpoint(tmp_path / "checkpoint.npz").model.state_dict()
     moved = partial.model.state_dict()
@@ -164,8 +165,7 @@ def test_a_signal_saves_the_weights_between_steps_and_keeps_the_last_epoch(mnist
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handlers restored
 
 
-def test_ctrl_c_and_nan_in_the_first_epoch_say_there_is_no_checkpoint(mnist, tmp_path,
-                                                                     monkeypatch):
+def test_ctrl_c_and_nan_in_the_first_epoch_say_what_is_kept(mnist, tmp_path, monkeypatch):
     config = TrainConfig(epochs=2, **SMALL)
     lines = []
     with monkeypatch.context() as m:
@@ -173,12 +173,16 @@ def test_ctrl_c_and_nan_in_the_first_epoch_say_there_is_no_checkpoint(mnist, tmp
         with pytest.raises(Interrupted):
             train(config, tmp_path / "a", data=mnist, progress=False, plots=False,
                   log=lines.append)
-    assert "no epoch was completed, so there is no checkpoint.npz to --resume" in lines[-1]
-    assert "start again with --overwrite" in lines[-1]
+    assert "no epoch was completed yet" in lines[-1] and "--resume continues from step 6" \
+        in lines[-1]
     assert not (tmp_path / "a" / "checkpoint.npz").exists()
-    assert load_checkpoint(tmp_path / "a" / "interrupted.npz").interrupted_at == (1, 5)
-    with pytest.raises(FileNotFoundError, match="stopped before its first epoch.*--overwrite"):
-        train(config, tmp_path / "a", data=mnist, resume=True, log=quiet)
+    assert load_checkpoint(tmp_path / "a" / "interrupted.npz").partial.step == 5
+    train(config, tmp_path / "a", data=mnist, resume=True, progress=False, plots=False, log=quiet)
+    train(config, tmp_path / "straight", data=mnist, progress=False, plots=False, log=quiet)
+    resumed, straight = _weights(tmp_path / "a"), _weights(tmp_path / "straight")
+    assert all(np.array_equal(straight[k], resumed[k]) for k in straight)
+    assert _numbers(tmp_path / "a") == _numbers(tmp_path / "straight")
+    assert not (tmp_path / "a" / "interrupted.npz").exists()
     poisoned = dataclasses.replace(mnist, train_x=np.full_like(mnist.train_x, np.nan))
     with pytest.raises(TrainingDiverged, match="epoch 1, step 1.*no epoch was completed"):
         train(config, tmp_path / "b", data=poisoned, progress=False, plots=False, log=quiet)
@@ -267,7 +271,7 @@ def _npy(array):
     (lambda m: m["config"].update(hidden="abc"), "'hidden' must be a list of integers"),
     (lambda m: m["config"].pop("seed"), "'config' must be an object with the keys"),
     (lambda m: m["config"].update(hidden=[100_000_000]), "79,500,000,010 parameters"),
-    (lambda m: m.update(interrupted_at="x"), "'interrupted_at' must be [epoch, step]"),
+    (lambda m: m.update(partial="x"), "'partial' must be an object with the keys"),
 ])
 def test_hand_edited_metadata_is_a_clear_error_at_load_time(tmp_path, edit, message):
     path = _rewrite(_checkpoint_bytes(tmp_path), tmp_path / "edited.npz", edit)
@@ -342,16 +346,20 @@ def test_a_model_too_big_for_memory_is_refused_before_anything_is_built(tmp_path
     assert not (tmp_path / "run").exists()
 
 
-@pytest.mark.parametrize("schedule, old, new, done, says", [
-    ("cosine", 2, 4, 2, "so epoch 3 starts at lr 0.05 (the 2-epoch schedule is at 0 there); the "
-                        "result differs from a straight 4-epoch run"),
-    ("step", 2, 3, 2, "it gave the same rates so far, so the result equals a straight 3-epoch run"),
-    ("step", 3, 6, 3, "so epoch 4 starts at lr 0.01 (the 3-epoch schedule is at 0.0001 there)"),
-    ("none", 2, 4, 2, "the learning rate is constant (--schedule none), so the result equals"),
+@pytest.mark.parametrize("schedule, old, new, done, inside, says", [
+    ("cosine", 2, 4, 2, False, "so epoch 3 starts at lr 0.05 (the 2-epoch schedule is at 0 "
+                               "there); the result differs from a straight 4-epoch run"),
+    ("step", 2, 3, 2, False, "it gave the same rates so far, so the result equals a straight"),
+    ("step", 3, 6, 3, False, "so epoch 4 starts at lr 0.01 (the 3-epoch schedule is at 0.0001"),
+    ("step", 3, 4, 1, False, "it gave the same rates so far"),  # x0.1 after epoch 1 in both
+    ("step", 3, 4, 1, True, "the result differs from a straight 4-epoch run"),  # not in epoch 2
+    ("none", 2, 4, 2, False, "the learning rate is constant (--schedule none), so the result"),
 ])
-def test_a_new_epochs_on_resume_says_what_it_does_to_the_schedule(schedule, old, new, done, says):
+def test_a_new_epochs_on_resume_says_what_it_does_to_the_schedule(schedule, old, new, done,
+                                                                  inside, says):
     text = train_module._new_epochs_effect(TrainConfig(epochs=old, schedule=schedule),
-                                           TrainConfig(epochs=new, schedule=schedule), done)
+                                           TrainConfig(epochs=new, schedule=schedule), done,
+                                           inside)
     assert text.startswith(f"--epochs {new} differs from the checkpoint's {old}") and says in text
 
 

@@ -178,21 +178,20 @@ def evaluate(model: Module, x: np.ndarray, y: np.ndarray) -> tuple[float, float]
 
 
 def resume_config(run_dir: str | os.PathLike, **changes: Any) -> TrainConfig:
-    """The config of the run in `run_dir`'s checkpoint, with `changes` applied (the flags a user
-    gave with --resume; `train` then says what each change does, or refuses it)."""
-    return dataclasses.replace(load_checkpoint(_checkpoint_to_resume(Path(run_dir))).config,
-                               **changes)
+    """The config of the run in `run_dir` (see `resume_point`), with `changes` applied (the
+    flags a user gave with --resume; `train` then says what each change does, or refuses it)."""
+    return dataclasses.replace(resume_point(run_dir)[1].config, **changes)
 
 
-def _checkpoint_to_resume(run_dir: Path) -> Path:
-    ckpt_path = run_dir / CHECKPOINT
-    if not ckpt_path.exists():
-        if (run_dir / INTERRUPTED).exists():
-            raise FileNotFoundError(f"--resume: {run_dir} has no {CHECKPOINT}: the run was stopped "
-                                    f"before its first epoch ended (only {INTERRUPTED} exists). "
-                                    f"Start it again with --overwrite")
-        raise FileNotFoundError(f"--resume: no checkpoint at {ckpt_path}")
-    return ckpt_path
+def resume_point(run_dir: str | os.PathLike) -> tuple[Path, Checkpoint]:
+    """Where --resume continues: `interrupted.npz` (a stopped epoch, continued from its next
+    step) unless `checkpoint.npz` is further along, else `checkpoint.npz`."""
+    run_dir = Path(run_dir)
+    found = [(p, load_checkpoint(p)) for p in (run_dir / CHECKPOINT, run_dir / INTERRUPTED)
+             if p.exists()]
+    if not found:
+        raise FileNotFoundError(f"--resume: no checkpoint at {run_dir / CHECKPOINT}")
+    return max(found, key=lambda f: f[1].epoch + 0.5 * (f[1].partial is not None))
 
 
 def train(config: TrainConfig, run_dir: str | os.PathLike, data: MNIST | None = None,
@@ -212,8 +211,8 @@ def train(config: TrainConfig, run_dir: str | os.PathLike, data: MNIST | None = 
     if resume and overwrite:
         raise ValueError("--resume and --overwrite contradict each other; choose one")
     if resume:
-        saved = load_checkpoint(_checkpoint_to_resume(run_dir))
-        _check_resume(saved, config, run_dir, log)
+        source, saved = resume_point(run_dir)
+        _check_resume(saved, source, config, run_dir, log)
     elif not overwrite:
         _refuse_existing_run(run_dir)
     remove_stale_temps(run_dir)
@@ -235,14 +234,16 @@ def train(config: TrainConfig, run_dir: str | os.PathLike, data: MNIST | None = 
     log(f"training MLP {model.sizes} on {len(train_x)} examples "
         f"(validation {len(data.val_x)}, test {len(data.test_x)}); run dir {run_dir}")
 
-    epoch, step = start_epoch, 0
+    epoch, stopped = start_epoch, None
+    resume_at = saved.partial if saved is not None else None
     with _stop_between_steps() as stop, np.errstate(all="ignore"):
         # errstate: an overflow shows up as a non-finite loss, reported below in one line
         try:
             for epoch in range(start_epoch, config.epochs):
-                row, step = _train_epoch(model, optimizer, config, epoch, schedule, train_x,
-                                         train_y, progress, stop)
-                if stop.signum:
+                row = _train_epoch(model, optimizer, config, epoch, schedule, train_x, train_y,
+                                   progress, stop, resume_at if epoch == start_epoch else None)
+                if isinstance(row, EpochState):
+                    stopped = row
                     break
                 _check_finite(model, epoch)
                 row["val_loss"], row["val_acc"] = evaluate(model, data.val_x, data.val_y) \
@@ -255,7 +256,6 @@ def train(config: TrainConfig, run_dir: str | os.PathLike, data: MNIST | None = 
                     f"acc {100 * row['train_acc']:.2f}%  val loss {row['val_loss']:.4f} "
                     f"acc {100 * row['val_acc']:.2f}%  lr {row['lr']:.4g}  {row['seconds']:.1f}s")
                 if stop.signum:
-                    epoch, step = epoch + 1, 0
                     break
         except TrainingDiverged as e:
             raise TrainingDiverged(f"{e}; {_kept(run_dir, len(history))}; "
@@ -264,7 +264,7 @@ def train(config: TrainConfig, run_dir: str | os.PathLike, data: MNIST | None = 
             log(f"\ninterrupted during epoch {epoch + 1}; {_kept(run_dir, len(history))}")
             raise
     if stop.signum:
-        _save_interrupted(run_dir, model, optimizer, config, epoch, step, history, log)
+        _save_interrupted(run_dir, model, optimizer, config, history, stopped, log)
         raise Interrupted(stop.signum)
 
     test_loss, test_acc = evaluate(model, data.test_x, data.test_y)
@@ -286,12 +286,13 @@ def _refuse_existing_run(run_dir: Path) -> None:
     if not found:
         return
     how = ("pass --resume to continue it, --overwrite to delete it and start again"
-           if CHECKPOINT in found else "pass --overwrite to delete it and start again")
+           if CHECKPOINT in found or INTERRUPTED in found
+           else "pass --overwrite to delete it and start again")
     raise FileExistsError(f"{run_dir} already holds a run ({', '.join(found)}); {how}, or "
                           f"choose another --run-dir")
 
 
-def _check_resume(saved: Checkpoint, config: TrainConfig, run_dir: Path,
+def _check_resume(saved: Checkpoint, source: Path, config: TrainConfig, run_dir: Path,
                   log: Callable[[str], Any]) -> None:
     """Refuse settings that differ from the checkpoint's; say what a new --epochs does."""
     old = saved.config
@@ -305,29 +306,30 @@ def _check_resume(saved: Checkpoint, config: TrainConfig, run_dir: Path,
                          f"(--overwrite or another --run-dir). Only --epochs may change")
     if config.epochs < saved.epoch:
         raise ValueError(f"--epochs {config.epochs} is fewer than the {saved.epoch} epochs "
-                         f"{run_dir / CHECKPOINT} already holds")
-    log(f"resuming {run_dir / CHECKPOINT} after epoch {saved.epoch} of {config.epochs}")
+                         f"{source} already holds")
+    at = saved.partial
+    log(f"resuming {source} " + (f"in epoch {at.epoch} after step {at.step}" if at else
+                                 f"after epoch {saved.epoch}") + f" of {config.epochs}")
     if config.epochs != old.epochs:
-        log(_new_epochs_effect(old, config, saved.epoch))
-    partial = run_dir / INTERRUPTED
-    if partial.exists():
-        log(f"{partial} (a run stopped inside epoch {saved.epoch + 1}) is not resumed from: epoch "
-            f"{saved.epoch + 1} starts again from {CHECKPOINT}, which gives the same numbers as "
-            f"an uninterrupted run; {INTERRUPTED} is removed when that epoch is saved")
+        log(_new_epochs_effect(old, config, saved.epoch, at is not None))
+    if source.name == CHECKPOINT and (run_dir / INTERRUPTED).exists():
+        log(f"{run_dir / INTERRUPTED} is older than {source} and not used; it is removed when "
+            f"the next epoch is saved")
 
 
-def _new_epochs_effect(old: TrainConfig, new: TrainConfig, done: int) -> str:
+def _new_epochs_effect(old: TrainConfig, new: TrainConfig, done: int, inside: bool) -> str:
     """What resuming with another --epochs does to the learning-rate schedule, in one line."""
     if new.schedule == "none":
         return (f"--epochs {new.epochs} differs from the checkpoint's {old.epochs}: the learning "
                 f"rate is constant (--schedule none), so the result equals a straight "
                 f"{new.epochs}-epoch run")
     before, after = lr_schedule(old), lr_schedule(new)
-    steps_done = np.linspace(0, done, 64 * done, endpoint=False)  # points of the epochs done
+    upto = done + inside  # resuming inside an epoch: it used the old schedule so far
+    steps_done = np.linspace(0, upto, 64 * upto, endpoint=False)  # points of the epochs done
     same_past = all(before(t) == after(t) for t in steps_done)
     text = (f"--epochs {new.epochs} differs from the checkpoint's {old.epochs}: the "
             f"{new.schedule} learning-rate schedule is recomputed for {new.epochs} epochs")
-    if before(done) != after(done):
+    if before(done) != after(done) and not inside:
         text += (f", so epoch {done + 1} starts at lr {after(done):.4g} (the {old.epochs}-epoch "
                  f"schedule is at {before(done):.4g} there)")
     if same_past:
@@ -361,18 +363,19 @@ def _check_finite(model: Module, epoch: int) -> None:
 
 
 def _save_interrupted(run_dir: Path, model: Module, optimizer: Optimizer, config: TrainConfig,
-                      epoch: int, step: int, history: list[dict], log: Callable[[str], Any]) -> None:
-    partial = run_dir / INTERRUPTED
-    if step == 0:  # stopped right after an epoch was saved: the checkpoint is all there is
-        log(f"\ninterrupted after epoch {epoch}: {_kept(run_dir, len(history))} — continue with "
-            f"--resume")
+                      history: list[dict], stopped: EpochState | None,
+                      log: Callable[[str], Any]) -> None:
+    if stopped is None:  # stopped right after an epoch was saved: the checkpoint is all there is
+        log(f"\ninterrupted after epoch {len(history)}: {_kept(run_dir, len(history))} — "
+            f"continue with --resume")
         return
-    save_checkpoint(partial, model, optimizer, config, len(history), history,
-                    interrupted_at=(epoch + 1, step))
-    then = (f"--resume restarts epoch {epoch + 1} from there (same numbers as an "
-            f"uninterrupted run)" if history else "start again with --overwrite")
-    log(f"\ninterrupted during epoch {epoch + 1} after step {step}: the weights so far are in "
-        f"{partial}; {_kept(run_dir, len(history))}; {then}")
+    partial = run_dir / INTERRUPTED
+    save_checkpoint(partial, model, optimizer, config, len(history), history, partial=stopped)
+    done = (f"{run_dir / CHECKPOINT} holds the last completed epoch ({len(history)})" if history
+            else "no epoch was completed yet")
+    log(f"\ninterrupted during epoch {stopped.epoch} after step {stopped.step}: saved to "
+        f"{partial} ({done}); --resume continues from step {stopped.step + 1}, with the same "
+        f"numbers as an uninterrupted run")
 
 
 class _StopRequest:
@@ -406,21 +409,34 @@ def _stop_between_steps() -> Iterator[_StopRequest]:
 
 def _train_epoch(model: Module, optimizer: Optimizer, config: TrainConfig, epoch: int,
                  schedule: Callable[[float], float], x: np.ndarray, y: np.ndarray,
-                 progress: bool, stop: _StopRequest) -> tuple[dict[str, Any], int]:
-    """One epoch; returns its metrics row and the number of steps taken (fewer if stopped)."""
+                 progress: bool, stop: _StopRequest, resume_at: EpochState | None = None
+                 ) -> dict[str, Any] | EpochState:
+    """One epoch (from `resume_at` if given): its metrics row, or where it stopped when a
+    signal asked it to."""
     start = time.perf_counter()
     model.train()
     rng = np.random.default_rng([config.seed, epoch])
-    for m in _dropouts(model):
+    dropouts = list(_dropouts(model))
+    for m in dropouts:
         m.rng = np.random.default_rng([config.seed, epoch, 1])
     order = rng.permutation(len(x))
     batches = range(0, len(x), config.batch_size)
+    first, loss_sum, correct, seen, before = 0, 0.0, 0, 0, 0.0
+    if resume_at is not None:
+        if not 0 < resume_at.step < len(batches) or len(resume_at.dropout_rng) != len(dropouts):
+            raise ValueError(f"{INTERRUPTED} stopped after step {resume_at.step} of epoch "
+                             f"{epoch + 1}, which does not fit this run ({len(batches)} steps "
+                             f"an epoch); resume from {CHECKPOINT} by deleting {INTERRUPTED}")
+        first, loss_sum, correct = resume_at.step, resume_at.loss_sum, resume_at.correct
+        seen, before = resume_at.seen, resume_at.seconds
+        for m, state in zip(dropouts, resume_at.dropout_rng):
+            m.rng.bit_generator.state = state
     bar = None
     if progress:
         from tqdm import tqdm
-        bar = tqdm(batches, desc=f"epoch {epoch + 1}/{config.epochs}", leave=False, unit="batch")
-    loss_sum, correct, seen, steps = 0.0, 0, 0, 0
-    for step, i in enumerate(bar if bar is not None else batches):
+        bar = tqdm(batches[first:], desc=f"epoch {epoch + 1}/{config.epochs}", leave=False,
+                   unit="batch", initial=first, total=len(batches))
+    for step, i in enumerate(bar if bar is not None else batches[first:], start=first):
         idx = order[i:i + config.batch_size]
         optimizer.lr = schedule(epoch + step / len(batches))
         logits = model(Tensor(x[idx]))
@@ -434,15 +450,19 @@ def _train_epoch(model: Module, optimizer: Optimizer, config: TrainConfig, epoch
         optimizer.step()
         loss_sum += value * len(idx)
         correct += int((logits.data.argmax(axis=1) == y[idx]).sum())
-        seen, steps = seen + len(idx), step + 1
+        seen += len(idx)
         if bar is not None and step % 20 == 0:
             bar.set_postfix(loss=f"{loss_sum / seen:.4f}", acc=f"{100 * correct / seen:.2f}%")
-        if stop.signum and steps < len(batches):
-            break
+        if stop.signum and step + 1 < len(batches):
+            if bar is not None:
+                bar.close()
+            return EpochState(epoch + 1, step + 1, loss_sum, correct, seen,
+                              before + time.perf_counter() - start,
+                              [m.rng.bit_generator.state for m in dropouts])
     if bar is not None:
         bar.close()
     return {"epoch": epoch + 1, "train_loss": loss_sum / seen, "train_acc": correct / seen,
-            "lr": schedule(epoch), "seconds": time.perf_counter() - start}, steps % len(batches)
+            "lr": schedule(epoch), "seconds": before + time.perf_counter() - start}
 
 
 def _dropouts(module: Module):
@@ -472,23 +492,37 @@ def draw_pictures(model: Module, data: MNIST, history: list[dict], run_dir: Path
 
 
 @dataclass
+class EpochState:
+    """Where a stopped epoch was (in interrupted.npz): enough to continue it number for number.
+    The shuffling order is re-drawn from (seed, epoch); dropout's generators are restored."""
+
+    epoch: int  # 1-based, as the user sees it
+    step: int  # steps done in it
+    loss_sum: float
+    correct: int
+    seen: int
+    seconds: float
+    dropout_rng: list[dict]  # bit_generator.state of each Dropout, in model order
+
+
+@dataclass
 class Checkpoint:
     model: MLP
     optimizer_state: dict[str, np.ndarray]
     config: TrainConfig
     epoch: int  # completed epochs
     history: list[dict]
-    interrupted_at: tuple[int, int] | None = None  # (epoch, steps done in it) for interrupted.npz
+    partial: EpochState | None = None  # the stopped epoch, in interrupted.npz
 
 
 def save_checkpoint(path: str | os.PathLike, model: Module, optimizer: Optimizer,
                     config: TrainConfig, epoch: int, history: list[dict],
-                    interrupted_at: tuple[int, int] | None = None) -> None:
+                    partial: EpochState | None = None) -> None:
     """Write weights, optimizer state and metadata as a plain .npz (no pickle), atomically."""
     meta: dict[str, Any] = {"format": FORMAT, "config": dataclasses.asdict(config),
                             "epoch": epoch, "history": history}
-    if interrupted_at is not None:
-        meta["interrupted_at"] = list(interrupted_at)
+    if partial is not None:
+        meta["partial"] = dataclasses.asdict(partial)
     arrays = {f"model/{k}": v for k, v in model.state_dict().items()}
     arrays.update({f"optim/{k}": v for k, v in optimizer.state_dict().items()})
     arrays["meta"] = np.array(json.dumps(meta))
@@ -534,10 +568,10 @@ def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
         raise CheckpointError(f"{path} is not a tinygrad_mnist checkpoint (an .npz written by "
                               f"`tinygrad-mnist train`), or it is damaged: {e}") from None
     model.load_state_dict({k[6:]: v for k, v in arrays.items() if k.startswith("model/")})
-    stopped = meta.get("interrupted_at")
+    partial = meta.get("partial")
     return Checkpoint(model, {k[6:]: v for k, v in arrays.items() if k.startswith("optim/")},
                       config, meta["epoch"], meta["history"],
-                      tuple(stopped) if stopped is not None else None)
+                      EpochState(**partial) if partial is not None else None)
 
 
 def _expected_shapes(config: TrainConfig, model: Module) -> dict[str, tuple[tuple | None, str]]:
@@ -618,11 +652,25 @@ def _check_meta(meta: Any) -> dict[str, Any]:
                 isinstance(v, (int, float)) and not isinstance(v, bool) for v in row.values()):
             raise ValueError(f"metadata 'history' row {i} must map {list(HISTORY_KEYS)} to "
                              f"numbers, got {str(row)[:80]!r}")
-    stopped = meta.get("interrupted_at")
-    if stopped is not None and not (isinstance(stopped, list) and len(stopped) == 2
-                                    and all(is_int(v) and v >= 0 for v in stopped)):
-        raise ValueError(f"metadata 'interrupted_at' must be [epoch, step], got {stopped!r}")
+    partial = meta.get("partial")
+    if partial is not None:
+        _check_partial(partial, epoch)
     return meta
+
+
+def _check_partial(partial: Any, epoch: int) -> None:
+    fields = [f.name for f in dataclasses.fields(EpochState)]
+    if not isinstance(partial, dict) or list(partial) != fields:
+        raise ValueError(f"metadata 'partial' must be an object with the keys {fields}")
+    counts = [partial[k] for k in ("epoch", "step", "correct", "seen")]
+    if not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in counts) or \
+            partial["epoch"] != epoch + 1 or not all(
+                isinstance(partial[k], (int, float)) for k in ("loss_sum", "seconds")):
+        raise ValueError(f"metadata 'partial' holds bad values: {str(partial)[:80]!r}")
+    if not isinstance(partial["dropout_rng"], list):
+        raise TypeError("metadata 'partial' dropout_rng must be a list")
+    for state in partial["dropout_rng"]:
+        np.random.PCG64().state = state  # raises ValueError/TypeError/KeyError if malformed
 
 
 def write_metrics(run_dir: Path, history: list[dict]) -> None:
