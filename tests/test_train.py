@@ -99,8 +99,8 @@ def test_resume_gives_the_same_numbers_as_an_uninterrupted_run(mnist, tmp_path, 
             train(config, tmp_path / "resumed", data=mnist, progress=False, plots=False,
                   log=quiet)
     assert load_checkpoint(tmp_path / "resumed" / "checkpoint.npz").epoch == 1
-    train(config, tmp_path / "resumed", data=mnist, resume=True, progress=False, plots=False,
-          log=quiet)
+    train(config, tmp_path / "resumed", data=mnist, resume=True, plots=False, log=quiet,
+          progress=optimizer == "adam")  # the progress bar starts at the step it resumes from
     assert not (tmp_path / "resumed" / "interrupted.npz").exists()  # superseded, removed
     straight, resumed = _weights(tmp_path / "straight"), _weights(tmp_path / "resumed")
     assert all(np.array_equal(straight[k], resumed[k]) for k in straight)
@@ -260,6 +260,10 @@ def _npy(array):
     return buffer.getvalue()
 
 
+PARTIAL = {"epoch": 1, "step": 3, "loss_sum": 1.5, "correct": 2, "seen": 12, "seconds": 0.1,
+           "dropout_rng": []}  # a well-formed stopped epoch, for edits of its fields
+
+
 @pytest.mark.parametrize("edit, message", [
     (lambda m: m.pop("history"), "'history' must be a list of 0 rows"),
     (lambda m: m.update(epoch=None), "'epoch' must be an integer in [0, epochs], got None"),
@@ -272,6 +276,10 @@ def _npy(array):
     (lambda m: m["config"].pop("seed"), "'config' must be an object with the keys"),
     (lambda m: m["config"].update(hidden=[100_000_000]), "79,500,000,010 parameters"),
     (lambda m: m.update(partial="x"), "'partial' must be an object with the keys"),
+    (lambda m: m.update(partial={**PARTIAL, "epoch": 3}), "'partial' holds bad values"),
+    (lambda m: m.update(partial={**PARTIAL, "seen": -1}), "'partial' holds bad values"),
+    (lambda m: m.update(partial={**PARTIAL, "dropout_rng": [{"bit_generator": "MT19937"}]}),
+     "state must be for a PCG64 RNG"),
 ])
 def test_hand_edited_metadata_is_a_clear_error_at_load_time(tmp_path, edit, message):
     path = _rewrite(_checkpoint_bytes(tmp_path), tmp_path / "edited.npz", edit)
@@ -389,3 +397,15 @@ def test_an_ignored_sigint_stays_ignored(mnist, tmp_path, monkeypatch):
     finally:
         signal.signal(signal.SIGINT, previous)
     assert summary["epochs"] == 1 and not (tmp_path / "interrupted.npz").exists()
+
+
+def test_a_stopped_epoch_that_does_not_fit_the_run_is_refused_before_training(mnist, tmp_path):
+    config = TrainConfig(epochs=1, **SMALL)
+    model = train_module.build_model(config)
+    train_module.save_checkpoint(tmp_path / "interrupted.npz", model,
+                                 train_module.build_optimizer(config, model), config, 0, [],
+                                 partial=train_module.EpochState(1, 500, 0.0, 0, 0, 0.0, []))
+    with pytest.raises(ValueError, match=r"stopped after step 500 of epoch 1, which does not fit "
+                                         r"this run \(47 steps an epoch\)"):
+        train(config, tmp_path, data=mnist, resume=True, progress=False, plots=False, log=quiet)
+    assert not (tmp_path / "checkpoint.npz").exists()
