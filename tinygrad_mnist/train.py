@@ -6,8 +6,9 @@ optimizer state after the last completed epoch), `metrics.json` / `metrics.csv`,
 dropout draw from generators seeded by (seed, epoch), so a resumed run repeats an
 uninterrupted one number for number.
 
-Ctrl-C (SIGINT) and SIGTERM stop the loop between two steps, never inside one: the weights
-so far go to `interrupted.npz`, consistent and loadable. A second signal stops at once.
+Ctrl-C (SIGINT) and SIGTERM stop the loop between two steps, never inside one: the weights,
+optimizer state and the epoch's position go to `interrupted.npz`, and --resume continues from
+the next step with the same numbers. A second signal stops at once.
 """
 from __future__ import annotations
 
