@@ -409,3 +409,17 @@ def test_a_stopped_epoch_that_does_not_fit_the_run_is_refused_before_training(mn
                                          r"this run \(47 steps an epoch\)"):
         train(config, tmp_path, data=mnist, resume=True, progress=False, plots=False, log=quiet)
     assert not (tmp_path / "checkpoint.npz").exists()
+
+
+def test_resume_refuses_epochs_that_end_before_the_stopped_epoch(mnist, tmp_path, monkeypatch):
+    config = TrainConfig(epochs=3, **SMALL)
+    with monkeypatch.context() as m:
+        _signal_at_call(m, 60)  # inside epoch 2
+        with pytest.raises(Interrupted):
+            train(config, tmp_path, data=mnist, progress=False, plots=False, log=quiet)
+    before = (tmp_path / "interrupted.npz").read_bytes()
+    with pytest.raises(ValueError, match=r"--epochs 1 ends before epoch 2, inside which .*"
+                                         r"interrupted.npz stopped; resume with --epochs 2"):
+        train(dataclasses.replace(config, epochs=1), tmp_path, data=mnist, resume=True,
+              log=quiet)
+    assert (tmp_path / "interrupted.npz").read_bytes() == before

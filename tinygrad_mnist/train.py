@@ -308,6 +308,10 @@ def _check_resume(saved: Checkpoint, source: Path, config: TrainConfig, run_dir:
     if config.epochs < saved.epoch:
         raise ValueError(f"--epochs {config.epochs} is fewer than the {saved.epoch} epochs "
                          f"{source} already holds")
+    if saved.partial is not None and config.epochs < saved.partial.epoch:
+        raise ValueError(f"--epochs {config.epochs} ends before epoch {saved.partial.epoch}, "
+                         f"inside which {source} stopped; resume with --epochs "
+                         f"{saved.partial.epoch} or more")
     at = saved.partial
     log(f"resuming {source} " + (f"in epoch {at.epoch} after step {at.step}" if at else
                                  f"after epoch {saved.epoch}") + f" of {config.epochs}")
@@ -345,6 +349,8 @@ def _flag_text(value: Any) -> str:
 
 def _kept(run_dir: Path, done: int) -> str:
     """What is on disk to continue from: a true sentence whether or not an epoch was saved."""
+    if done == 0 and (run_dir / INTERRUPTED).exists():
+        return f"no epoch was completed; --resume continues from {run_dir / INTERRUPTED}"
     if done == 0:
         return f"no epoch was completed, so there is no {CHECKPOINT} to --resume"
     return f"{run_dir / CHECKPOINT} holds the last completed epoch ({done})"
