@@ -13,7 +13,7 @@ import numpy as np
 
 from tinygrad_mnist.train import load_checkpoint
 
-RUN = ["--epochs", 8, "--hidden", 8, "--train-limit", 10000, "--batch-size", 50,
+RUN = ["--epochs", 12, "--hidden", 8, "--train-limit", 10000, "--batch-size", 50,
        "--val-size", 300, "--seed", 3, "--no-progress", "--no-plots"]
 TRIALS = 21  # seven of each signal
 SIGNALS = [signal.SIGINT, signal.SIGTERM, signal.SIGKILL]
@@ -73,7 +73,7 @@ def test_signals_at_random_moments_never_lose_or_change_anything(mnist_dir, tmp_
                 if line.startswith("training MLP"):
                     started = True
                     break
-            time.sleep(rng.uniform(0, 1.6 * epoch))
+            time.sleep(rng.uniform(0, 1.2 * epoch))
         proc.send_signal(signum)
         out, err = proc.communicate(timeout=60)
         started = started or "training MLP" in out  # then it has removed older temp files
