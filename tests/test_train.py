@@ -423,3 +423,13 @@ def test_resume_refuses_epochs_that_end_before_the_stopped_epoch(mnist, tmp_path
         train(dataclasses.replace(config, epochs=1), tmp_path, data=mnist, resume=True,
               log=quiet)
     assert (tmp_path / "interrupted.npz").read_bytes() == before
+
+
+def test_config_takes_numpy_numbers_and_stores_plain_ones(tmp_path):
+    config = TrainConfig(hidden=np.array([8]), epochs=np.int64(2), lr=np.float32(0.5))
+    assert config.hidden == (8,) and type(config.hidden[0]) is int and type(config.epochs) is int
+    assert type(config.lr) is float
+    model = train_module.build_model(config)
+    train_module.save_checkpoint(tmp_path / "c.npz", model,
+                                 train_module.build_optimizer(config, model), config, 0, [])
+    assert load_checkpoint(tmp_path / "c.npz").config == config

@@ -93,6 +93,14 @@ class TrainConfig:
         for ok, message in checks:
             if not ok:
                 raise ValueError(f"bad training config: {message} (got {self})")
+        # plain Python numbers (not NumPy scalars), so that the config is JSON in checkpoints
+        self.hidden = tuple(int(h) for h in self.hidden)
+        for name in ("epochs", "batch_size", "seed", "val_size"):
+            setattr(self, name, int(getattr(self, name)))
+        for name in ("lr", "momentum", "weight_decay", "dropout"):
+            setattr(self, name, float(getattr(self, name)))
+        if self.train_limit is not None:
+            self.train_limit = int(self.train_limit)
 
 
 class TrainingDiverged(RuntimeError):
