@@ -209,9 +209,9 @@ def train(config: TrainConfig, run_dir: str | os.PathLike, data: MNIST | None = 
           log: Callable[[str], Any] = print) -> dict[str, Any]:
     """Train, validating and checkpointing each epoch; returns the summary (test accuracy...).
 
-    A run directory that holds any of RUN_FILES is refused unless `resume` (continue from its
-    checkpoint: every setting but `epochs` must match it) or `overwrite` (delete the old run's
-    files and start again).
+    A run directory that holds any of RUN_FILES is refused unless `resume` (continue from
+    `resume_point`: every setting but `epochs` must match the saved one) or `overwrite` (delete
+    the old run's files and start again).
     """
     run_dir = Path(run_dir)
     ckpt_path = run_dir / CHECKPOINT
