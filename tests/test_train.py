@@ -291,8 +291,8 @@ def test_hand_edited_metadata_is_a_clear_error_at_load_time(tmp_path, edit, mess
 @pytest.mark.parametrize("member, data, message", [
     ("model/layers.0.weight.npy", np.array([None] * 6272, dtype=object).reshape(784, 8),
      "holds object values, expected numbers (objects are never unpickled)"),
-    ("model/layers.0.weight.npy", np.zeros((8, 784), np.float32), "has shape (8, 784), the model "
-     "expects (784, 8)"),
+    ("model/layers.0.weight.npy", np.zeros((8, 784), np.float32),
+     "has shape (8, 784), the model expects (784, 8)"),
     ("model/layers.0.bias.npy", np.array(["a"] * 8), "holds <U1 values, expected numbers"),
     ("model/extra.npy", np.zeros(3, np.float32), "unexpected ['model/extra.npy']"),
     ("meta.npy", np.zeros(3), "holds float64 values, expected text"),
@@ -342,7 +342,7 @@ def test_a_decompression_bomb_is_refused_before_it_is_inflated(tmp_path):
             "status = open('/proc/self/status').read()  # VmHWM: this process's peak, in kB\n"
             "print(status.split('VmHWM:')[1].split()[0])\n")
     result = subprocess.run([sys.executable, "-c", code, str(bomb)], capture_output=True,
-                            text=True, timeout=120)
+                            text=True, timeout=120, check=False)
     message, peak_kb = result.stdout.strip().splitlines()
     assert "is not a tinygrad_mnist checkpoint" in message and "bytes unpacked" in message, message
     assert int(peak_kb) < 300_000  # numpy and the package alone are about 60 MB
@@ -355,8 +355,8 @@ def test_a_model_too_big_for_memory_is_refused_before_anything_is_built(tmp_path
 
 
 @pytest.mark.parametrize("schedule, old, new, done, inside, says", [
-    ("cosine", 2, 4, 2, False, "so epoch 3 starts at lr 0.05 (the 2-epoch schedule is at 0 "
-                               "there); the result differs from a straight 4-epoch run"),
+    ("cosine", 2, 4, 2, False, ("so epoch 3 starts at lr 0.05 (the 2-epoch schedule is at 0 "
+                                "there); the result differs from a straight 4-epoch run")),
     ("step", 2, 3, 2, False, "it gave the same rates so far, so the result equals a straight"),
     ("step", 3, 6, 3, False, "so epoch 4 starts at lr 0.01 (the 3-epoch schedule is at 0.0001"),
     ("step", 3, 4, 1, False, "it gave the same rates so far"),  # x0.1 after epoch 1 in both
