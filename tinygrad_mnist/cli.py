@@ -1,17 +1,25 @@
 """`tinygrad-mnist`: train, evaluate, predict and draw the graph from the command line.
 
 Mistakes a user can make (a bad flag, a missing file) end in one clear line and a
-non-zero exit, never a traceback.
+non-zero exit, never a traceback. No command replaces a file it did not create unless
+given --overwrite, and never a file of another kind (see files.py). Ctrl-C exits with 130,
+SIGTERM with 143, after `train` has saved what it had.
 """
 from __future__ import annotations
 
 import argparse
+import math
+import signal
 import sys
+from collections.abc import Callable
+from pathlib import Path
+
+MAX_PREDICT = 100  # digits in one predictions picture: more is unreadable and slow to draw
 
 
 def _hidden(text: str) -> tuple[int, ...]:
     try:
-        sizes = tuple(int(s) for s in text.split(",") if s.strip())
+        sizes = tuple(int(s) for s in text.split(","))
     except ValueError:
         sizes = ()
     if not sizes or min(sizes) < 1:
@@ -20,14 +28,47 @@ def _hidden(text: str) -> tuple[int, ...]:
     return sizes
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return value
+def _int_range(low: int, high: int | None = None) -> Callable[[str], int]:
+    """An argparse type: an integer in [low, high] (low 0 or 1); argparse names the flag."""
+    what = f"an integer from {low} to {high}" if high is not None else \
+        ("a non-negative integer" if low == 0 else "a positive integer")
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = low - 1
+        if value < low or (high is not None and value > high):
+            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}")
+        return value
+    return parse
+
+
+_positive_int = _int_range(1)
+
+
+def _number(low: float, high: float | None = None,
+            low_open: bool = False) -> Callable[[str], float]:
+    """An argparse type: a finite float in [low, high) (or (low, ...) when low_open)."""
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            value = math.nan
+        ok = math.isfinite(value) and (value > low if low_open else value >= low) and (
+            high is None or value < high)
+        if not ok:
+            where = f"{'>' if low_open else '>='} {low:g}" if high is None else \
+                f"in [{low:g}, {high:g})"
+            raise argparse.ArgumentTypeError(f"expected a finite number {where}, got {text!r}")
+        return value
+    return parse
+
+
+def _data_dir(text: str) -> str:
+    if not text.strip():
+        raise argparse.ArgumentTypeError("expected a directory, got an empty string")
+    return text
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -39,30 +80,41 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def data_flag(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--data-dir", help="directory with the MNIST files (default: "
-                       "$TINYGRAD_MNIST_DATA, else the user cache, downloading if needed)")
+        p.add_argument("--data-dir", type=_data_dir, help="directory with the MNIST files "
+                       "(default: $TINYGRAD_MNIST_DATA, else the user cache, downloading if needed)")
+
+    def overwrite_flag(p: argparse.ArgumentParser, what: str) -> None:
+        p.add_argument("--overwrite", action="store_true", help=f"replace {what} (never a file "
+                       f"of another kind)")
 
     t = sub.add_parser("train", help="train the MLP on MNIST",
                        description="Train the MLP; checkpoints, metrics and pictures go to the "
-                       "run directory.")
-    t.add_argument("--epochs", type=_positive_int, default=d.epochs)
-    t.add_argument("--batch-size", type=_positive_int, default=d.batch_size)
-    t.add_argument("--optimizer", choices=["sgd", "adam"], default=d.optimizer)
-    t.add_argument("--lr", type=float, default=d.lr, help="peak learning rate")
-    t.add_argument("--momentum", type=float, default=d.momentum)
-    t.add_argument("--weight-decay", type=float, default=d.weight_decay)
-    t.add_argument("--schedule", choices=["cosine", "step", "none"], default=d.schedule)
-    t.add_argument("--hidden", type=_hidden, default=d.hidden,
-                   help="hidden layer sizes, comma-separated (default %(default)s)")
-    t.add_argument("--dropout", type=float, default=d.dropout)
-    t.add_argument("--seed", type=int, default=d.seed)
-    t.add_argument("--val-size", type=int, default=d.val_size,
-                   help="training examples held out for validation")
-    t.add_argument("--train-limit", type=_positive_int, default=None,
-                   help="train on the first N examples only (a quick run)")
+                       "run directory. With --resume, only --epochs may differ from the "
+                       "checkpoint's settings.")
+    # Settings default to None so that --resume can tell which flags were given (see _train).
+    t.add_argument("--epochs", type=_positive_int, help=f"(default {d.epochs})")
+    t.add_argument("--batch-size", type=_positive_int, help=f"(default {d.batch_size})")
+    t.add_argument("--optimizer", choices=["sgd", "adam"], help=f"(default {d.optimizer})")
+    t.add_argument("--lr", type=_number(0, low_open=True), help=f"peak learning rate "
+                   f"(default {d.lr})")
+    t.add_argument("--momentum", type=_number(0, 1), help=f"(default {d.momentum})")
+    t.add_argument("--weight-decay", type=_number(0), help=f"(default {d.weight_decay})")
+    t.add_argument("--schedule", choices=["cosine", "step", "none"], help=f"(default {d.schedule})")
+    t.add_argument("--hidden", type=_hidden, help=f"hidden layer sizes, comma-separated "
+                   f"(default {','.join(map(str, d.hidden))})")
+    t.add_argument("--dropout", type=_number(0, 1), help=f"(default {d.dropout})")
+    t.add_argument("--seed", type=_int_range(0), help=f"(default {d.seed})")
+    t.add_argument("--val-size", type=_int_range(0, 59_999), help=f"training examples held "
+                   f"out for validation (default {d.val_size})")
+    t.add_argument("--train-limit", type=_positive_int, help="train on the first N examples "
+                   "only (a quick run)")
     t.add_argument("--run-dir", default="runs/mnist", help="where checkpoints, metrics and "
                    "pictures go (default %(default)s)")
-    t.add_argument("--resume", action="store_true", help="continue from the run dir's checkpoint")
+    mode = t.add_mutually_exclusive_group()
+    mode.add_argument("--resume", action="store_true", help="continue from the run dir's "
+                      "checkpoint")
+    mode.add_argument("--overwrite", action="store_true", help="delete the run dir's earlier "
+                      "run (checkpoints, metrics, pictures) and start again")
     t.add_argument("--no-progress", action="store_true", help="no progress bar")
     t.add_argument("--no-plots", action="store_true", help="skip the pictures")
     data_flag(t)
@@ -75,42 +127,64 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("predict", help="predict test digits and plot them",
                        description="Print and plot test digits with true label and prediction.")
     p.add_argument("checkpoint", help="a checkpoint.npz written by `train`")
-    p.add_argument("--count", type=_positive_int, default=16, help="how many digits")
-    p.add_argument("--start", type=int, default=0, help="index of the first test digit")
-    p.add_argument("--out", default="predictions.png", help="PNG to write (default %(default)s)")
+    p.add_argument("--count", type=_int_range(1, MAX_PREDICT), default=16,
+                   help=f"how many digits, at most {MAX_PREDICT} (default %(default)s)")
+    p.add_argument("--start", type=_int_range(0), default=0,
+                   help="index of the first test digit")
+    p.add_argument("--out", default="predictions.png", help="picture to write: .png, .jpg, "
+                   ".svg or .pdf (default %(default)s)")
+    overwrite_flag(p, "an existing --out picture")
     data_flag(p)
 
     g = sub.add_parser("graph", help="draw the MLP's loss graph for one batch",
                        description="Render the computation graph of the MLP's loss for one "
-                       "small batch (.svg, .png, .pdf, or .gv for the DOT source).")
+                       "small batch (.svg, .png, .pdf with the DOT source beside it as .gv, "
+                       "or .gv for the DOT source only).")
     g.add_argument("--out", default="mlp_graph.svg", help="output file (default %(default)s)")
     g.add_argument("--batch-size", type=_positive_int, default=4)
     g.add_argument("--hidden", type=_hidden, default=(16,), help="hidden sizes (default 16)")
+    overwrite_flag(g, "an existing --out file and its .gv source")
     data_flag(g)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    signal.signal(signal.SIGTERM, _terminate)  # first: a `kill` while starting up is clean too
+    prog = "tinygrad-mnist"
     try:
+        args = build_parser().parse_args(argv)
+        prog = f"tinygrad-mnist {args.command}"
         return {"train": _train, "eval": _eval, "predict": _predict, "graph": _graph}[
             args.command](args)
-    except KeyboardInterrupt:
-        return 130
+    except KeyboardInterrupt as e:  # Ctrl-C, or SIGTERM (train saved what it had first)
+        signum = getattr(e, "signum", signal.SIGINT)
+        print(f"{prog}: stopped by {signal.Signals(signum).name}", file=sys.stderr)
+        return 128 + signum
     except (OSError, ValueError, RuntimeError) as e:  # user-facing problems: one clear line
-        print(f"tinygrad-mnist {args.command}: error: {e}", file=sys.stderr)
+        print(f"{prog}: error: {e}", file=sys.stderr)
         return 1
 
 
+def _terminate(signum: int, frame: object) -> None:
+    """SIGTERM (kill, systemd, job schedulers) unwinds like Ctrl-C: temp files are removed and
+    the exit status is 143. train.Interrupted says the same, without importing NumPy here."""
+    stop = KeyboardInterrupt("SIGTERM")
+    stop.signum = signum  # type: ignore[attr-defined]
+    raise stop
+
+
+_CONFIG_FLAGS = ("hidden", "epochs", "batch_size", "optimizer", "lr", "momentum", "weight_decay",
+                 "schedule", "dropout", "seed", "val_size", "train_limit")
+
+
 def _train(args: argparse.Namespace) -> int:
-    from .train import TrainConfig, train
-    config = TrainConfig(hidden=args.hidden, epochs=args.epochs, batch_size=args.batch_size,
-                         optimizer=args.optimizer, lr=args.lr, momentum=args.momentum,
-                         weight_decay=args.weight_decay, schedule=args.schedule,
-                         dropout=args.dropout, seed=args.seed, val_size=args.val_size,
-                         train_limit=args.train_limit)
+    from .train import TrainConfig, resume_config, train
+    given = {k: getattr(args, k) for k in _CONFIG_FLAGS if getattr(args, k) is not None}
+    # --resume: the flags not given come from the checkpoint; train() refuses any that differ
+    # from it, except --epochs, whose effect on the schedule it explains
+    config = resume_config(args.run_dir, **given) if args.resume else TrainConfig(**given)
     train(config, args.run_dir, data_dir=args.data_dir, resume=args.resume,
-          progress=not args.no_progress, plots=not args.no_plots)
+          overwrite=args.overwrite, progress=not args.no_progress, plots=not args.no_plots)
     return 0
 
 
@@ -133,8 +207,10 @@ def _eval(args: argparse.Namespace) -> int:
 
 
 def _predict(args: argparse.Namespace) -> int:
+    from .files import check_writable, picture_format
     from .plots import plot_predictions
     from .train import predict_proba
+    check_writable(args.out, picture_format(args.out), args.overwrite)  # before any work
     ckpt, data = _load(args)
     if not 0 <= args.start < len(data.test_x):
         raise ValueError(f"--start must be in [0, {len(data.test_x)}), got {args.start}")
@@ -154,17 +230,32 @@ def _predict(args: argparse.Namespace) -> int:
 
 def _graph(args: argparse.Namespace) -> int:
     from .data import load_mnist
+    from .files import PICTURE_FORMATS, check_writable, picture_format
     from .graph import draw_graph, retain_grads
     from .nn import MLP, cross_entropy
     from .tensor import Tensor
+    from .train import check_model_size
+    out = Path(args.out)
+    formats = {**{k: v for k, v in PICTURE_FORMATS.items() if v != "jpeg"}, ".gv": "dot",
+               ".dot": "dot"}
+    kind = picture_format(out, formats)
+    check_writable(out, kind, args.overwrite)
+    if kind != "dot":  # the DOT source is written beside the picture: never over the user's own
+        check_writable(out.with_suffix(".gv"), "dot", args.overwrite,
+                       why=f" (graph writes the DOT source of {out} there)")
+    sizes = [784, *args.hidden, 10]
+    check_model_size(sizes, args.batch_size)
     data = load_mnist(args.data_dir, val_size=0)
-    model = MLP([784, *args.hidden, 10], seed=0)
+    if args.batch_size > len(data.test_x):
+        raise ValueError(f"--batch-size {args.batch_size} is larger than the test set "
+                         f"({len(data.test_x)} digits)")
+    model = MLP(sizes, seed=0)
     loss = cross_entropy(model(Tensor(data.test_x[:args.batch_size])), data.test_y[:args.batch_size])
     loss.name = "loss"
     retain_grads(loss)  # show the gradient at every node, not only at the parameters
     loss.backward()
-    draw_graph(loss, path=args.out)
-    print(f"graph of the loss of MLP {model.sizes} on a batch of {args.batch_size}: {args.out}")
+    draw_graph(loss, path=out)
+    print(f"graph of the loss of MLP {model.sizes} on a batch of {args.batch_size}: {out}")
     return 0
 
 

@@ -14,7 +14,7 @@ import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from .files import atomic_writer
+from .files import atomic_writer, picture_format
 
 SIDE = 28  # MNIST images are 28x28
 WRONG_COLOR = "#d62728"  # red: a misclassified digit
@@ -219,9 +219,11 @@ def _confident_mistake_indices(labels: np.ndarray, probs: np.ndarray, k: int) ->
 # --------------------------------------------------------------------------- saving
 
 def _save(fig: Figure, path: str | os.PathLike) -> Path:
-    """Write `fig` as a PNG to `path`, atomically."""
+    """Write `fig` to `path`, atomically, in the format its extension names (.png, .jpg, .svg,
+    .pdf; anything else is refused, so a file's name never lies about its content)."""
+    fmt = picture_format(path, flag="path")
     with atomic_writer(path) as f:
-        fig.savefig(f, format="png", dpi=110)
+        fig.savefig(f, format=fmt, dpi=110)
     return Path(path)
 
 
