@@ -46,7 +46,7 @@ def test_sections_come_in_the_story_order(page):
 
 
 def test_gradient_check_rows_are_in_the_page_and_agree(page):
-    rows = re.findall(r"<tr><td class=\"name\">(.*?)</td>.*?</tr>", page, re.S)
+    rows = re.findall(r"<tr><td class=\"name\">(.*?)</td>.*?</tr>", page, re.DOTALL)
     assert [html.unescape(r) for r in rows] == ["Linear(784→32)"] * 6 + ["Linear(32→10)"] * 6
     errors = [float(e) for e in re.findall(r'<td class="ok">([0-9.e+-]+)</td></tr>', page)]
     assert len(errors) == 12 and max(errors) < 1e-5 and 'class="bad"' not in page
