@@ -213,7 +213,7 @@ def _weights_figure(weight: np.ndarray, n: int | None) -> Figure:
     n = hidden if n is None else min(_check_positive_int("n", n), hidden)
     ncols = math.ceil(math.sqrt(n))
     nrows = math.ceil(n / ncols)
-    fig = Figure(figsize=(1.1 * ncols, 1.2 * nrows + 0.5), layout="constrained")
+    fig = Figure(figsize=(max(1.1 * ncols, 7.0), 1.2 * nrows + 0.5), layout="constrained")  # title fits
     axes = fig.subplots(nrows, ncols, squeeze=False).ravel()
     for unit, ax in enumerate(axes):
         if unit >= n:

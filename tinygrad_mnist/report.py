@@ -67,11 +67,11 @@ def render_report(ckpt: Checkpoint, data: MNIST, title: str = "run") -> str:
             path = draw(*args, Path(tmp) / f"{name}.png", **kwargs)
             return "data:image/png;base64," + base64.b64encode(path.read_bytes()).decode("ascii")
 
-        pictures = {  # a dozen digits each: enough to see, and quick to draw
-            "data": png("data", plots.plot_digits, data.train_x[:12], data.train_y[:12], ncols=12),
+        pictures = {  # a dozen or so digits each: enough to see, quick to draw
+            "data": png("data", plots.plot_digits, data.train_x[:16], data.train_y[:16], ncols=8),
             "curves": png("curves", plots.plot_learning_curves, ckpt.history),
             "predictions": png("predictions", plots.plot_predictions, data.test_x[:12],
-                               data.test_y[:12], preds[:12], probs=probs[:12].max(axis=1), ncols=12),
+                               data.test_y[:12], preds[:12], probs=probs[:12].max(axis=1), ncols=6),
             "confusion": png("confusion", plots.plot_confusion_matrix, data.test_y, preds),
             "mistakes": png("mistakes", plots.plot_confident_mistakes, data.test_x, data.test_y,
                             probs, k=8),
