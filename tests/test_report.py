@@ -122,3 +122,10 @@ def test_page_in_a_real_browser(run, browser, tmp_path):
     shot = tmp_path / "report.png"
     assert browser.save_screenshot(str(shot)) and shot.read_bytes().startswith(PNG)
     browser.set_window_size(1280, 1000)
+
+
+@pytest.mark.parametrize("command", ["explain", "report"])
+def test_new_subcommands_have_help(command):
+    result = cli(command, "--help")
+    assert result.returncode == 0
+    assert result.stdout.startswith(f"usage: tinygrad-mnist {command}") and "--data-dir" in result.stdout
