@@ -145,6 +145,31 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--hidden", type=_hidden, default=(16,), help="hidden sizes (default 16)")
     overwrite_flag(g, "an existing --out file and its .gv source")
     data_flag(g)
+
+    x = sub.add_parser("explain", help="one digit inside the network, and one backprop step",
+                       description="Show one digit going through the network (activations, "
+                       "probabilities, which pixels mattered) and what one backprop step on it "
+                       "does. Default: the first test digit the model gets wrong.")
+    x.add_argument("checkpoint", help="a checkpoint.npz written by `train`")
+    x.add_argument("--index", type=int, default=None, help="index of the MNIST digit (default: "
+                   "the first one the model gets wrong)")
+    x.add_argument("--split", choices=["test", "train"], default="test", help="where --index "
+                   "points (default %(default)s)")
+    x.add_argument("--image", default=None, help="a PNG or JPEG of a digit instead of MNIST")
+    x.add_argument("--label", type=_int_range(0, 9), default=None, help="the digit's true label "
+                   "(default: MNIST's; none for --image)")
+    x.add_argument("--lr", type=_number(0, low_open=True), default=0.1,
+                   help="learning rate of the backprop step (default %(default)s)")
+    x.add_argument("--out", default="explanation.png", help="picture to write: .png, .jpg, .svg "
+                   "or .pdf (default %(default)s)")
+    overwrite_flag(x, "an existing --out picture")
+    data_flag(x)
+
+    r = sub.add_parser("report", help="rebuild a run's report.html",
+                       description="Write RUN_DIR/report.html from the run's checkpoint and "
+                       "metrics: one self-contained page that tells the run's story.")
+    r.add_argument("run_dir", help="a run directory written by `train`")
+    data_flag(r)
     return parser
 
 
@@ -154,8 +179,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(argv)
         prog = f"tinygrad-mnist {args.command}"
-        return {"train": _train, "eval": _eval, "predict": _predict, "graph": _graph}[
-            args.command](args)
+        return {"train": _train, "eval": _eval, "predict": _predict, "graph": _graph,
+                "explain": _explain, "report": _report}[args.command](args)
     except KeyboardInterrupt as e:  # Ctrl-C, or SIGTERM (train saved what it had first)
         signum = getattr(e, "signum", signal.SIGINT)
         print(f"{prog}: stopped by {signal.Signals(signum).name}", file=sys.stderr)
@@ -184,7 +209,8 @@ def _train(args: argparse.Namespace) -> int:
     # from it, except --epochs, whose effect on the schedule it explains
     config = resume_config(args.run_dir, **given) if args.resume else TrainConfig(**given)
     train(config, args.run_dir, data_dir=args.data_dir, resume=args.resume,
-          overwrite=args.overwrite, progress=not args.no_progress, plots=not args.no_plots)
+          overwrite=args.overwrite, progress=not args.no_progress, plots=not args.no_plots,
+          data_dir_name="--data-dir")
     return 0
 
 
@@ -192,7 +218,8 @@ def _load(args: argparse.Namespace):
     from .data import load_mnist
     from .train import load_checkpoint
     ckpt = load_checkpoint(args.checkpoint)
-    return ckpt, load_mnist(args.data_dir, val_size=ckpt.config.val_size, seed=ckpt.config.seed)
+    return ckpt, load_mnist(args.data_dir, val_size=ckpt.config.val_size, seed=ckpt.config.seed,
+                            data_dir_name="--data-dir")
 
 
 def _eval(args: argparse.Namespace) -> int:
@@ -245,7 +272,7 @@ def _graph(args: argparse.Namespace) -> int:
                        why=f" (graph writes the DOT source of {out} there)")
     sizes = [784, *args.hidden, 10]
     check_model_size(sizes, args.batch_size)
-    data = load_mnist(args.data_dir, val_size=0)
+    data = load_mnist(args.data_dir, val_size=0, data_dir_name="--data-dir")
     if args.batch_size > len(data.test_x):
         raise ValueError(f"--batch-size {args.batch_size} is larger than the test set "
                          f"({len(data.test_x)} digits)")
@@ -256,6 +283,52 @@ def _graph(args: argparse.Namespace) -> int:
     loss.backward()
     draw_graph(loss, path=out)
     print(f"graph of the loss of MLP {model.sizes} on a batch of {args.batch_size}: {out}")
+    return 0
+
+
+def _explain(args: argparse.Namespace) -> int:
+    from .explain import explain
+    from .files import check_writable, picture_format
+    from .plots import plot_explanation
+    from .train import predict_proba
+    check_writable(args.out, picture_format(args.out), args.overwrite)  # before any work
+    if args.image is not None and args.index is not None:
+        raise ValueError("give --image or --index, not both")
+    ckpt, data = _load(args)
+    if args.image is not None:
+        image, label, what = args.image, args.label, f"image {args.image}"
+    else:
+        x, y = (data.test_x, data.test_y) if args.split == "test" else (data.train_x, data.train_y)
+        index = args.index
+        if index is None:
+            wrong = (predict_proba(ckpt.model, x).argmax(axis=1) != y).nonzero()[0]
+            index = int(wrong[0]) if len(wrong) else 0
+        if not 0 <= index < len(x):
+            raise ValueError(f"--index must be in [0, {len(x)}) for the {args.split} split, "
+                             f"got {index}")
+        image, label = x[index], int(y[index]) if args.label is None else args.label
+        what = f"{args.split} digit {index}"
+    e = explain(ckpt.model, image, label=label, lr=args.lr)
+    verdict = "" if label is None else (" (right)" if e.prediction == label else " (wrong)")
+    print(f"{what}: " + ("" if label is None else f"true label {label}, ") +
+          f"predicted {e.prediction}{verdict}")
+    for digit, p in enumerate(e.probs):
+        marks = (["prediction"] if digit == e.prediction else []) + \
+            (["true label"] if digit == label else [])
+        print(f"  {digit}: {100 * p:5.1f}%" + (f"  <- {', '.join(marks)}" if marks else ""))
+    if e.after_step is not None:
+        step = e.after_step
+        print(f"one backprop step (SGD, lr {step.lr:g}) on this digit: p({label}) "
+              f"{100 * e.probs[label]:.1f}% -> {100 * step.probs[label]:.1f}%, loss "
+              f"{step.loss_before:.3f} -> {max(step.loss_after, 0.0) + 0.0:.3f}")
+    print(f"picture: {plot_explanation(e, args.out)}")
+    return 0
+
+
+def _report(args: argparse.Namespace) -> int:
+    from .report import write_report
+    path = write_report(args.run_dir, data_dir=args.data_dir, data_dir_name="--data-dir")
+    print(f"report: {path}")
     return 0
 
 

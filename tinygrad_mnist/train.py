@@ -206,7 +206,7 @@ def resume_point(run_dir: str | os.PathLike) -> tuple[Path, Checkpoint]:
 def train(config: TrainConfig, run_dir: str | os.PathLike, data: MNIST | None = None,
           data_dir: str | os.PathLike | None = None, resume: bool = False,
           overwrite: bool = False, progress: bool = True, plots: bool = True,
-          log: Callable[[str], Any] = print) -> dict[str, Any]:
+          log: Callable[[str], Any] = print, data_dir_name: str = "data_dir") -> dict[str, Any]:
     """Train, validating and checkpointing each epoch; returns the summary (test accuracy...).
 
     A run directory that holds any of RUN_FILES is refused unless `resume` (continue from
@@ -225,7 +225,8 @@ def train(config: TrainConfig, run_dir: str | os.PathLike, data: MNIST | None = 
     elif not overwrite:
         _refuse_existing_run(run_dir)
     remove_stale_temps(run_dir)
-    data = data or load_mnist(data_dir, val_size=config.val_size, seed=config.seed)
+    data = data or load_mnist(data_dir, val_size=config.val_size, seed=config.seed,
+                              data_dir_name=data_dir_name)
     if overwrite:
         for name in RUN_FILES:
             (run_dir / name).unlink(missing_ok=True)
@@ -287,6 +288,8 @@ def train(config: TrainConfig, run_dir: str | os.PathLike, data: MNIST | None = 
     if plots:
         summary["pictures"] = [str(p) for p in draw_pictures(model, data, history, run_dir)]
         log(f"pictures in {run_dir}")
+        from .report import write_report
+        log(f"report: {write_report(run_dir, data=data)}")
     return summary
 
 
