@@ -156,7 +156,7 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--split", choices=["test", "train"], default="test", help="where --index "
                    "points (default %(default)s)")
     x.add_argument("--image", default=None, help="a PNG or JPEG of a digit instead of MNIST")
-    x.add_argument("--label", type=_int_range(0, 9), default=None, help="the digit's true label "
+    x.add_argument("--label", type=int, default=None, help="the digit's true label "
                    "(default: MNIST's; none for --image)")
     x.add_argument("--lr", type=_number(0, low_open=True), default=0.1,
                    help="learning rate of the backprop step (default %(default)s)")

@@ -585,10 +585,14 @@ def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
             EOFError, NotImplementedError, RecursionError) as e:  # RecursionError: [[[[... JSON
         raise CheckpointError(f"{path} is not a tinygrad_mnist checkpoint (an .npz written by "
                               f"`tinygrad-mnist train`), or it is damaged: {e}") from None
-    model.load_state_dict({k[6:]: v for k, v in arrays.items() if k.startswith("model/")})
+    optimizer_state = {k[6:]: v for k, v in arrays.items() if k.startswith("optim/")}
+    try:
+        model.load_state_dict({k[6:]: v for k, v in arrays.items() if k.startswith("model/")})
+        build_optimizer(config, model).load_state_dict(optimizer_state)  # checked now, not at resume
+    except ValueError as e:
+        raise CheckpointError(f"{path} does not fit its own settings: {e}") from None
     partial = meta.get("partial")
-    return Checkpoint(model, {k[6:]: v for k, v in arrays.items() if k.startswith("optim/")},
-                      config, meta["epoch"], meta["history"],
+    return Checkpoint(model, optimizer_state, config, meta["epoch"], meta["history"],
                       EpochState(**partial) if partial is not None else None)
 
 
@@ -597,8 +601,9 @@ def _expected_shapes(config: TrainConfig, model: Module) -> dict[str, tuple[tupl
     shapes: dict[str, tuple[tuple | None, str]] = {
         f"model/{name}.npy": (p.shape, "f") for name, p in model.named_parameters()}
     params = model.parameters()
-    for key in build_optimizer(config, model)._buffers():
-        shapes.update({f"optim/{key}.{i}.npy": (p.shape, "f") for i, p in enumerate(params)})
+    for key in build_optimizer(config, model)._state_keys:  # per parameter; "step" is a count
+        shapes.update({f"optim/{key}.{i}.npy": ((), "iu") if key == "step" else (p.shape, "f")
+                       for i, p in enumerate(params)})
     shapes["optim/steps.npy"] = ((), "iu")
     return shapes
 
