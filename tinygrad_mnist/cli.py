@@ -87,13 +87,23 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--batch-size", type=_positive_int, default=4)
     g.add_argument("--hidden", type=_hidden, default=(16,), help="hidden sizes (default 16)")
     data_flag(g)
+
+    s = sub.add_parser("serve", help="a local page: draw a digit, watch the network, teach it",
+                       description="Serve the draw-a-digit page and its JSON API. Teaching "
+                       "changes only each browser's copy of the model, never the checkpoint.")
+    s.add_argument("checkpoint", nargs="?", default=None,
+                   help="a checkpoint.npz written by `train` (default runs/mnist/checkpoint.npz)")
+    s.add_argument("--host", default="127.0.0.1", help="address to listen on (default "
+                   "%(default)s: this machine only; 0.0.0.0 opens it to the network)")
+    s.add_argument("--port", type=int, default=8000, help="port (default %(default)s; 0 = any free)")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        return {"train": _train, "eval": _eval, "predict": _predict, "graph": _graph}[
+        return {"train": _train, "eval": _eval, "predict": _predict, "graph": _graph,
+                "serve": _serve}[
             args.command](args)
     except KeyboardInterrupt:
         return 130
@@ -165,6 +175,18 @@ def _graph(args: argparse.Namespace) -> int:
     loss.backward()
     draw_graph(loss, path=args.out)
     print(f"graph of the loss of MLP {model.sizes} on a batch of {args.batch_size}: {args.out}")
+    return 0
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from .server import serve
+    checkpoint = args.checkpoint or "runs/mnist/checkpoint.npz"
+    if args.checkpoint is None and not Path(checkpoint).is_file():
+        raise FileNotFoundError(f"no checkpoint at {checkpoint}: train one first with "
+                                f"`tinygrad-mnist train`, or pass a CHECKPOINT")
+    serve(checkpoint, host=args.host, port=args.port)
     return 0
 
 
