@@ -113,8 +113,8 @@ def create_app(model: MLP, lr: float = TEACH_LR, max_sessions: int = 32) -> Flas
             before = explain(taught, digit)
             _sgd_step(taught, before.input, label, lr)
             after = explain(taught, digit)
-        return jsonify({"label": label, "lr": lr, "before": _floats(before.probs),
-                        "after": _floats(after.probs), "explanation": _explanation_json(after)})
+        return jsonify({"label": label, "lr": lr, "before": _floats(before.probs, 6),
+                        "after": _floats(after.probs, 6), "explanation": _explanation_json(after)})
 
     @app.post("/api/reset")
     def reset() -> Response:
@@ -242,7 +242,7 @@ def _sgd_step(model: MLP, digit: np.ndarray, label: int, lr: float) -> None:
 
 
 def _explanation_json(e: Explanation) -> dict[str, Any]:
-    return {"input": _floats(e.input), "probs": _floats(e.probs), "prediction": int(e.prediction),
+    return {"input": _floats(e.input), "probs": _floats(e.probs, 6), "prediction": int(e.prediction),
             "activations": [_floats(layer.post) for layer in e.layers[:-1]],
             "saliency": _floats(e.saliency, 6)}
 

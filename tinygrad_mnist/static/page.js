@@ -70,27 +70,34 @@ async function post(path, body) {
 
 function status(text) { $("status").textContent = text; }
 
+// data-busy on #prediction: "1" while the answer to the latest drawing is still on its way
+function busy(flag) { $("prediction").dataset.busy = flag ? "1" : "0"; }
+
 async function predict() {
   if (!inked) return;
   const mine = ++asked;  // a newer request's answer wins; older ones are dropped
+  busy(true);
   try {
     const data = await post("/api/predict", {image: canvas.toDataURL("image/png")});
     if (mine === asked) show(data);
   } catch (error) {
     if (mine === asked) status("Could not read the drawing: " + error.message);
   }
+  if (mine === asked) busy(false);
 }
 
 async function teach(label) {
   if (!inked) { status("Draw a digit first, then teach."); return; }
-  ++asked;
+  const mine = ++asked;
+  busy(true);
   try {
     const data = await post("/api/teach", {image: canvas.toDataURL("image/png"), label: label});
-    show(data.explanation);
+    if (mine === asked) show(data.explanation);
     showStep(data);
   } catch (error) {
     status("Could not teach: " + error.message);
   }
+  if (mine === asked) busy(false);
 }
 
 function show(data) {
@@ -100,9 +107,12 @@ function show(data) {
   status("");
   drawPixels($("input"), data.input, (v) => [255 * v, 255 * v, 255 * v]);
   const s = data.saliency.flat(), top = Math.max(1e-12, ...s.map(Math.abs));
-  drawPixels($("saliency"), data.saliency, (v) => {
-    const a = Math.min(1, Math.abs(v) / top);  // white = no effect
-    return v > 0 ? [255, 255 * (1 - a), 255 * (1 - a)] : [255 * (1 - a), 255 * (1 - 0.6 * a), 255];
+  const ink = data.input.flat();
+  drawPixels($("saliency"), data.saliency, (v, i) => {
+    const paper = 255 - 90 * ink[i];  // the digit in light grey underneath
+    const a = Math.min(1, Math.abs(v) / top);  // no colour = no effect
+    return v > 0 ? [paper + (230 - paper) * a, paper * (1 - a), paper * (1 - a)]
+                 : [paper * (1 - a), paper * (1 - 0.55 * a), paper + (230 - paper) * a];
   });
   drawLayers(data.activations);
   drawBars($("bars"), p, data.prediction);
@@ -112,7 +122,7 @@ function drawPixels(target, rows, color) {
   const h = rows.length, w = rows[0].length, ctx = target.getContext("2d");
   const image = ctx.createImageData(w, h);
   rows.flat().forEach((v, i) => {
-    const [r, g, b] = color(v);
+    const [r, g, b] = color(v, i);
     image.data.set([r, g, b, 255], 4 * i);
   });
   const small = document.createElement("canvas");
@@ -162,25 +172,26 @@ function showStep(data) {
   const box = $("step-bars"), L = data.label;
   box.replaceChildren();
   data.before.forEach((p, d) => {
-    const before = document.createElement("div"), after = document.createElement("div");
-    before.className = "bar before";
-    after.className = "bar after";
-    before.id = `before-${d}`;
-    after.id = `after-${d}`;
-    before.dataset.prob = String(p);
-    after.dataset.prob = String(data.after[d]);
-    before.style.width = `${100 * p}%`;
-    after.style.width = `${100 * data.after[d]}%`;
     const pair = document.createElement("div");
     pair.className = "pair";
-    pair.append(before, after);
-    const label = text(String(d));
-    if (d === L) label.style.fontWeight = "bold";
-    box.append(label, pair, text(`${(100 * data.after[d]).toFixed(1)}%`));
+    for (const [when, value] of [["before", p], ["after", data.after[d]]]) {
+      const bar = document.createElement("div");
+      bar.className = `vbar ${when}`;
+      bar.id = `${when}-${d}`;  // the tests read data-prob
+      bar.dataset.prob = String(value);
+      bar.style.height = `${100 * value}%`;
+      bar.title = `${when} the step: ${(100 * value).toFixed(1)}%`;
+      pair.append(bar);
+    }
+    const column = document.createElement("div");
+    column.className = "column" + (d === L ? " taught" : "");
+    column.append(pair, text(String(d)));
+    box.append(column);
   });
   $("taught-text").textContent = `You taught "${L}": the network's belief that this drawing is a ` +
     `${L} went from ${(100 * data.before[L]).toFixed(1)}% to ${(100 * data.after[L]).toFixed(1)}%.`;
   $("taught").hidden = false;
+  $("untaught").hidden = true;
 }
 
 function text(s) {
@@ -198,15 +209,27 @@ function wrap(child) {
 $("clear").addEventListener("click", () => {
   clearCanvas();
   ++asked;
+  busy(false);
   $("prediction").textContent = "?";
   $("confidence").textContent = "";
   status("Draw with the mouse, a pen or a finger.");
 });
 for (let d = 0; d < 10; d++) $(`teach-${d}`).addEventListener("click", () => teach(d));
 $("reset").addEventListener("click", async () => {
-  await post("/api/reset");
+  const mine = ++asked;
+  busy(true);
+  try {
+    await post("/api/reset");
+  } catch (error) {
+    status("Could not reset: " + error.message);
+    busy(false);
+    return;
+  }
   $("taught").hidden = true;
-  await predict();
-  status("Back to the trained network: what you taught is forgotten.");
+  $("untaught").hidden = false;
+  if (mine === asked) {
+    if (inked) await predict(); else busy(false);
+  }
+  status("Back to the trained network: what you taught here is forgotten.");
 });
 clearCanvas();
