@@ -118,9 +118,9 @@ def measure(url: str, body: bytes, requests: int, concurrency: int) -> dict[str,
 
 def report(result: dict[str, Any]) -> str:
     lines = [f"# /api/predict latency ({result['payload']} payload)", "",
-             f"{result['model']} served by `tinygrad-mnist serve` (Werkzeug threaded server) on "
-             f"{result['machine']}, {result['threads']} BLAS thread(s) in the server; clients on "
-             f"the same machine. Target: p50 ≤ {P50_TARGET_MS:g} ms; no errors.", "",
+             (f"{result['model']} served by `tinygrad-mnist serve` (Werkzeug threaded server) on "
+              f"{result['machine']}, {result['threads']} BLAS thread(s) in the server; clients on "
+              f"the same machine. Target: p50 ≤ {P50_TARGET_MS:g} ms; no errors."), "",
              "| concurrency | requests | errors | p50 ms | p99 ms | mean ms | req/s |",
              "|---:|---:|---:|---:|---:|---:|---:|"]
     for r in result["levels"]:

@@ -3,6 +3,7 @@
 One small model is trained on real MNIST for the whole module (about a second), served on a
 free port by Werkzeug's threaded server, and the page is driven as a user drives it.
 """
+import itertools
 import math
 import threading
 from pathlib import Path
@@ -46,7 +47,7 @@ def draw(browser, points):
     canvas = browser.find_element(By.ID, "canvas")
     actions = ActionChains(browser, duration=0).move_to_element_with_offset(canvas, *points[0])
     actions.click_and_hold()
-    for (x0, y0), (x1, y1) in zip(points, points[1:]):
+    for (x0, y0), (x1, y1) in itertools.pairwise(points):
         actions.move_by_offset(x1 - x0, y1 - y0)
     actions.release().perform()
 

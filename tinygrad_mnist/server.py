@@ -57,7 +57,7 @@ class Sessions:
         self.models: OrderedDict[str, MLP] = OrderedDict()
 
     def model(self, sid: str | None) -> MLP:
-        if sid in self.models:
+        if sid is not None and sid in self.models:
             self.models.move_to_end(sid)
             return self.models[sid]
         return self.base
