@@ -1,5 +1,8 @@
 """explain and prepare_digit: every number checked against an independent computation."""
 import json
+import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -157,18 +160,72 @@ def test_a_model_explain_cannot_read_is_refused(digit):
         explain(Sequential(Linear(784, 10), Sequential()), digit)
 
 
-def test_one_step_on_a_real_mistake_moves_toward_the_label(mnist, mnist_dir, tmp_path):
-    from tinygrad_mnist.train import TrainConfig, predict_proba, train
+@pytest.fixture(scope="module")
+def checkpoint(mnist_dir, tmp_path_factory):
+    """A small real model: 3000 digits, one epoch, 784-32-10 (about 83 % right)."""
+    from tinygrad_mnist.train import TrainConfig, train
+    run = tmp_path_factory.mktemp("run")
     config = TrainConfig(hidden=(32,), epochs=1, train_limit=3000, val_size=1000)
-    train(config, tmp_path, data_dir=mnist_dir, progress=False, plots=False, log=lambda *_: None)
-    from tinygrad_mnist.train import load_checkpoint
-    model = load_checkpoint(tmp_path / "checkpoint.npz").model
+    train(config, run, data_dir=mnist_dir, progress=False, plots=False, log=lambda *_: None)
+    return run / "checkpoint.npz"
+
+
+def test_one_step_on_a_real_mistake_moves_toward_the_label(mnist, checkpoint):
+    from tinygrad_mnist.train import load_checkpoint, predict_proba
+    model = load_checkpoint(checkpoint).model
     preds = predict_proba(model, mnist.test_x[:500]).argmax(axis=1)
     i = int(np.flatnonzero(preds != mnist.test_y[:500])[0])
     e = explain(model, mnist.test_x[i], label=int(mnist.test_y[i]), lr=0.1)
     assert e.prediction == preds[i] != e.label
     assert e.after_step.probs[e.label] > e.probs[e.label]
     assert e.after_step.loss_after < e.after_step.loss_before
+
+
+def cli(*args):
+    env = {**os.environ, "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1"}
+    return subprocess.run([sys.executable, "-m", "tinygrad_mnist.cli", *map(str, args)],
+                          check=False, capture_output=True, text=True, env=env, timeout=300)
+
+
+def test_cli_explains_the_first_mistake_by_default(checkpoint, mnist, mnist_dir, tmp_path):
+    from tinygrad_mnist.train import load_checkpoint, predict_proba
+    out = tmp_path / "why.png"
+    result = cli("explain", checkpoint, "--out", out, "--data-dir", mnist_dir)
+    assert result.returncode == 0, result.stderr
+    preds = predict_proba(load_checkpoint(checkpoint).model, mnist.test_x).argmax(axis=1)
+    first = int(np.flatnonzero(preds != mnist.test_y)[0])
+    assert result.stdout.startswith(f"test digit {first}: true label {mnist.test_y[first]}, "
+                                    f"predicted {preds[first]} (wrong)")
+    assert "<- prediction" in result.stdout and "<- true label" in result.stdout
+    assert "one backprop step" in result.stdout
+    assert out.read_bytes().startswith(b"\x89PNG")
+    again = cli("explain", checkpoint, "--out", out, "--data-dir", mnist_dir, "--index", 0)
+    assert again.returncode == 1 and "--overwrite" in again.stderr  # not the command's file
+    assert cli("explain", checkpoint, "--out", out, "--data-dir", mnist_dir, "--index", 0,
+               "--overwrite").returncode == 0
+
+
+def test_cli_explains_a_picture_file(checkpoint, mnist, mnist_dir, tmp_path):
+    picture = tmp_path / "mine.png"
+    Image.fromarray(on_canvas(mnist.test_x[0].reshape(28, 28), 60)).save(picture)
+    result = cli("explain", checkpoint, "--image", picture, "--label", mnist.test_y[0],
+                 "--out", tmp_path / "e.png", "--data-dir", mnist_dir)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith(f"image {picture}: true label {mnist.test_y[0]}, predicted")
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--index", 10000], "--index must be in [0, 10000) for the test split, got 10000"),
+    (["--index", -1], "--index must be in [0, 10000) for the test split, got -1"),
+    (["--index", 3, "--label", 10], "label must be an integer class in [0, 10), got 10"),
+    (["--image", "missing.png"], "image file not found: missing.png"),
+    (["--image", "missing.png", "--index", 3], "give --image or --index, not both"),
+])
+def test_cli_mistakes_are_one_clear_line(checkpoint, mnist_dir, tmp_path, args, message):
+    result = cli("explain", checkpoint, "--out", tmp_path / "e.png", "--data-dir", mnist_dir, *args)
+    assert result.returncode == 1
+    assert result.stderr.strip() == f"tinygrad-mnist explain: error: {message}"
+    assert not (tmp_path / "e.png").exists()
 
 
 # ----------------------------------------------------------------------------- prepare_digit

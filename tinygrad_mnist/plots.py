@@ -244,7 +244,8 @@ def _explanation_figure(e: Explanation) -> Figure:
 
     ax = next(names)
     _probability_bars(ax, e.probs, pred, e.label)
-    verdict = "" if e.label is None else (" — right" if pred == e.label else f" — wrong, it is a {e.label}")
+    verdict = "" if e.label is None else \
+        (" — right" if pred == e.label else f" — wrong, it is a {e.label}")
     _panel_text(ax, f"{len(hidden) + 2}. ten output neurons",
                 f"softmax turns them into probabilities;\nthe highest is the prediction: "
                 f"{pred}{verdict}")
@@ -265,8 +266,8 @@ def _explanation_figure(e: Explanation) -> Figure:
         _panel_text(ax, f"{len(hidden) + 4}. one backprop step toward “{e.label}”",
                     f"backprop gives each weight's share of the loss;\none SGD step (lr {step.lr:g}) "
                     f"on this digit alone moves\nevery weight against it: loss {step.loss_before:.3g}"
-                    f" → {step.loss_after if step.loss_after > 0 else 0.0:.3g}.\ngrey: before, blue: after. (Training averages "
-                    f"a batch\nof digits, so one digit moves it far less.)")
+                    f" → {max(step.loss_after, 0.0) + 0.0:.3g}.\ngrey: before, blue: after. "
+                    f"(Training averages a batch\nof digits, so one digit moves it far less.)")
     title = f"How the network reads one digit: predicted {pred}"
     if e.label is not None:
         title += f", true label {e.label}" + (" (right)" if pred == e.label else " (a mistake)")
