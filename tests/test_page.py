@@ -20,7 +20,7 @@ ROOT = Path(__file__).resolve().parent.parent
 @pytest.fixture(scope="module")
 def page_url(mnist_dir, tmp_path_factory):
     run = tmp_path_factory.mktemp("run")
-    config = TrainConfig(hidden=(128,), epochs=2, train_limit=20000, val_size=1000)
+    config = TrainConfig(hidden=(128, 64), epochs=2, train_limit=20000, val_size=1000)
     train(config, run, data_dir=mnist_dir, progress=False, plots=False, log=lambda _: None)
     app = create_app(load_checkpoint(run / "checkpoint.npz").model)
     server = make_server("127.0.0.1", 0, app, threaded=True)
@@ -139,7 +139,7 @@ def test_screenshot_of_a_drawn_and_taught_digit(page, tmp_path):
     assert after > before
     out = ROOT / "docs" / "page.png" if os.environ.get("UPDATE_SCREENSHOT") else tmp_path / "page.png"
     size = page.get_window_size()
-    page.set_window_size(1280, 1120)  # the whole page, teaching result included
+    page.set_window_size(1280, 1180)  # the whole page, teaching result included
     try:
         assert page.save_screenshot(str(out))
     finally:

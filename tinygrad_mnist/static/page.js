@@ -149,7 +149,7 @@ function drawLayers(layers) {
     label.textContent = `hidden layer ${i + 1}: ${values.length} neurons, ` +
       `${values.filter((v) => v > 0).length} active`;
     const c = document.createElement("canvas");
-    const cell = Math.max(3, Math.floor(240 / cols));
+    const cell = Math.max(3, Math.min(10, Math.floor(240 / cols)));
     c.width = cols * cell;
     c.height = rows * cell;
     div.append(label, c);
