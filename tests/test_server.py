@@ -96,6 +96,13 @@ def test_predict_png_data_url_is_prepared_like_mnist(client, model):
     np.testing.assert_allclose(r.json["probs"], explain(model, expected).probs, atol=1e-6)
 
 
+def test_a_large_png_gives_the_same_digit_as_a_small_one(client):
+    small, large = drawn_one(), drawn_one().resize((2800, 2800))
+    inputs = [np.array(client.post("/api/predict", json={"image": png_url(img)}).json["input"])
+              for img in (small, large)]
+    assert np.corrcoef(inputs[0].ravel(), inputs[1].ravel())[0, 1] > 0.95
+
+
 def test_page_and_assets_are_served_without_any_outside_address(client):
     html = client.get("/").get_data(as_text=True)
     for name in ["canvas", "clear", "prediction", "reset", *(f"teach-{d}" for d in range(10))]:

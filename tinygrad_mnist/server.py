@@ -38,6 +38,7 @@ from .tensor import Tensor
 
 MAX_BODY = 1 << 20  # bytes of one request
 MAX_IMAGE_SIDE = 4096  # pixels: a small PNG can unpack into a huge image
+WORK_SIDE = 1024  # larger images are shrunk to this first: ample for a 20-pixel digit
 PNG_URL = "data:image/png;base64,"
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
@@ -220,6 +221,7 @@ def _png(url: Any) -> np.ndarray:
         raise InputError(f'"image" is not a readable PNG: {e}') from None
     if side > MAX_IMAGE_SIDE:
         raise InputError(f'"image" is {side} pixels wide or high; at most {MAX_IMAGE_SIDE} allowed')
+    rgba.thumbnail((WORK_SIDE, WORK_SIDE))  # bounds the memory prepare_digit needs
     paper = Image.new("RGBA", rgba.size, "white")
     return np.asarray(Image.alpha_composite(paper, rgba).convert("L"))
 
