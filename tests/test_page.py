@@ -113,8 +113,10 @@ def test_clear_empties_the_drawing(page):
     from selenium.webdriver.common.by import By
     draw(page, vertical_stroke())
     assert shown_prediction(page) == "1"
+    assert page.find_element(By.ID, "bars").text.startswith("0")
     page.find_element(By.ID, "clear").click()
     assert page.find_element(By.ID, "prediction").text == "?"
+    assert page.find_element(By.ID, "bars").text == "(shown once you draw)"
     ink = page.execute_script(
         "const d = document.getElementById('canvas').getContext('2d').getImageData(0, 0, 280, 280)"
         ".data; let n = 0; for (let i = 0; i < d.length; i += 4) n += d[i] < 128; return n;")

@@ -7,6 +7,7 @@ const pen = canvas.getContext("2d");
 const $ = (id) => document.getElementById(id);
 const INK_WIDTH = 22;  // thick like MNIST strokes once the digit is shrunk to 20 pixels
 let drawing = false, inked = false, last = null, timer = null, asked = 0;
+const EMPTY = Object.fromEntries(["layers", "bars"].map((id) => [id, $(id).innerHTML]));
 
 function clearCanvas() {
   pen.fillStyle = "white";  // white paper, black ink: the server decides from the border
@@ -212,6 +213,13 @@ $("clear").addEventListener("click", () => {
   busy(false);
   $("prediction").textContent = "?";
   $("confidence").textContent = "";
+  for (const [id, html] of Object.entries(EMPTY)) $(id).innerHTML = html;  // the page's own markup
+  for (const id of ["input", "saliency"]) {
+    const c = $(id);
+    c.getContext("2d").clearRect(0, 0, c.width, c.height);
+  }
+  $("taught").hidden = true;
+  $("untaught").hidden = false;
   status("Draw with the mouse, a pen or a finger.");
 });
 for (let d = 0; d < 10; d++) $(`teach-${d}`).addEventListener("click", () => teach(d));
