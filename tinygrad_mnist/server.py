@@ -149,6 +149,7 @@ def serve(checkpoint: str | Path, host: str = "127.0.0.1", port: int = 8000,
         raise ValueError(f"port must be in 0..65535 (0 = any free port), got {port}")
     app = create_app(load_checkpoint(checkpoint).model, max_sessions=max_sessions)
     server = make_server(host, port, app, threaded=True)
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # not a line per stroke
     if host not in LOCAL_HOSTS:
         print(f"warning: serving on {host}: other machines on the network can open this page "
               f"and use this server (there is no login)", file=sys.stderr)
