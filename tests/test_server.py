@@ -248,6 +248,20 @@ def test_unknown_paths_and_methods_answer_in_json(client):
     assert r.status_code == 405 and "Method Not Allowed" in r.json["error"]
 
 
+def test_an_unexpected_error_is_json_without_a_traceback(client, monkeypatch):
+    import tinygrad_mnist.server as server
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("secret internals")
+
+    monkeypatch.setattr(server, "explain", broken)
+    r = client.post("/api/predict", json={"pixels": _GOOD})
+    assert r.status_code == 500 and list(r.json) == ["error"]
+    assert "secret" not in r.get_data(as_text=True) and "Traceback" not in r.get_data(as_text=True)
+    monkeypatch.undo()
+    assert client.post("/api/predict", json={"pixels": _GOOD}).status_code == 200
+
+
 def test_create_app_refuses_bad_settings(model):
     with pytest.raises(ValueError, match="lr > 0"):
         create_app(model, lr=0)
