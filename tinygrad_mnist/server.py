@@ -76,13 +76,13 @@ class Sessions:
 
 
 def create_app(model: MLP, lr: float = TEACH_LR, max_sessions: int = 32) -> Flask:
-    """The Flask app serving the page for `model` (which it never changes); `lr` is the step
-    size of one teach."""
+    """The Flask app serving the page for `model` (put in eval mode; its weights are never
+    changed); `lr` is the step size of one teach."""
     if lr <= 0 or max_sessions < 1:
         raise ValueError(f"need lr > 0 and max_sessions >= 1, got lr={lr}, max_sessions={max_sessions}")
     app = Flask(__name__)
     app.config.update(MAX_CONTENT_LENGTH=MAX_BODY, SECRET_KEY=secrets.token_bytes(32),
-                      SESSION_COOKIE_SAMESITE="Strict", JSON_SORT_KEYS=False)
+                      SESSION_COOKIE_SAMESITE="Strict")
     model.eval()
     sessions = Sessions(model, max_sessions)
     engine = threading.Lock()
@@ -102,7 +102,8 @@ def create_app(model: MLP, lr: float = TEACH_LR, max_sessions: int = 32) -> Flas
         body = _json_object()
         digit = _digit(body)
         with engine:
-            return jsonify(_explanation_json(explain(sessions.model(session.get("id")), digit)))
+            e = explain(sessions.model(session.get("id")), digit)
+        return jsonify(_explanation_json(e))
 
     @app.post("/api/teach")
     def teach() -> Response:
