@@ -170,6 +170,15 @@ def build_parser() -> argparse.ArgumentParser:
                        "metrics: one self-contained page that tells the run's story.")
     r.add_argument("run_dir", help="a run directory written by `train`")
     data_flag(r)
+
+    s = sub.add_parser("serve", help="a local page: draw a digit, watch the network, teach it",
+                       description="Serve the draw-a-digit page and its JSON API. Teaching "
+                       "changes only each browser's copy of the model, never the checkpoint.")
+    s.add_argument("checkpoint", nargs="?", default=None,
+                   help="a checkpoint.npz written by `train` (default runs/mnist/checkpoint.npz)")
+    s.add_argument("--host", default="127.0.0.1", help="address to listen on (default "
+                   "%(default)s: this machine only; 0.0.0.0 opens it to the network)")
+    s.add_argument("--port", type=int, default=8000, help="port (default %(default)s; 0 = any free)")
     return parser
 
 
@@ -180,7 +189,7 @@ def main(argv: list[str] | None = None) -> int:
         args = build_parser().parse_args(argv)
         prog = f"tinygrad-mnist {args.command}"
         return {"train": _train, "eval": _eval, "predict": _predict, "graph": _graph,
-                "explain": _explain, "report": _report}[args.command](args)
+                "explain": _explain, "report": _report, "serve": _serve}[args.command](args)
     except KeyboardInterrupt as e:  # Ctrl-C, or SIGTERM (train saved what it had first)
         signum = getattr(e, "signum", signal.SIGINT)
         print(f"{prog}: stopped by {signal.Signals(signum).name}", file=sys.stderr)
@@ -329,6 +338,16 @@ def _report(args: argparse.Namespace) -> int:
     from .report import write_report
     path = write_report(args.run_dir, data_dir=args.data_dir, data_dir_name="--data-dir")
     print(f"report: {path}")
+    return 0
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from .server import serve
+    checkpoint = args.checkpoint or "runs/mnist/checkpoint.npz"
+    if args.checkpoint is None and not Path(checkpoint).is_file():
+        raise FileNotFoundError(f"no checkpoint at {checkpoint}: train one first with "
+                                f"`tinygrad-mnist train`, or pass a CHECKPOINT")
+    serve(checkpoint, host=args.host, port=args.port)
     return 0
 
 
