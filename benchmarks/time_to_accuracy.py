@@ -255,7 +255,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
               "recipe": args.recipe, "epochs": args.epochs, "parts": args.parts,
               "train_examples": statistics.mode(c["train_examples"] for c in first.values()),
               "runs": runs}
-    from tinygrad_mnist.files import atomic_write  # only now: it loads NumPy into this process
+    # only now: it loads NumPy into this process
+    from tinygrad_mnist.files import atomic_write
 
     atomic_write(args.out / "time_to_accuracy.json", (json.dumps(result, indent=2) + "\n").encode())
     atomic_write(args.out / "time_to_accuracy.md", to_markdown(result).encode())
