@@ -173,3 +173,24 @@ def test_arguments():
     assert quick.threads == [1] and quick.recipe["epochs"] == 2 and quick.limit == 5120
     with pytest.raises(SystemExit):
         parse_args(["--threads", "two"])
+
+
+def test_whole_benchmark_tiny(mnist_dir, tmp_path):
+    """The parent end to end on a tiny race (engine and NumPy only): the two curves are the
+    same (bit-identical steps give identical accuracies), and both files are written."""
+    from benchmarks import time_to_accuracy
+
+    result = time_to_accuracy.main(
+        ["--threads", "1", "--contenders", "engine,numpy", "--sizes", "784,32,10", "--epochs", "1",
+         "--parts", "2", "--limit", "640", "--warmup-steps", "1", "--data", str(mnist_dir),
+         "--out", str(tmp_path)])
+    (run,) = result["runs"]
+    engine, hand = run["contenders"]["engine"], run["contenders"]["numpy"]
+    assert [p["val_accuracy"] for p in engine["curve"]] == [p["val_accuracy"] for p in hand["curve"]]
+    assert [p["epochs"] for p in engine["curve"]] == [0.5, 1.0]
+    assert engine["test_accuracy"] == hand["test_accuracy"] > 0.2  # 5 steps: well above chance
+    assert engine["train_seconds"] > 0 and set(run["ratios"]) == {"engine/numpy"}
+    saved = json.loads((tmp_path / "time_to_accuracy.json").read_text())
+    assert saved["recipe"]["sizes"] == [784, 32, 10] and saved["train_examples"] == 640
+    table = (tmp_path / "time_to_accuracy.md").read_text()
+    assert "| 1 | engine |" in table and "| 1 | numpy |" in table and "784-32-10" in table
