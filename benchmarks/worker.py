@@ -170,7 +170,7 @@ def serve_recipe(args: argparse.Namespace, out: Any) -> None:
             seconds = time.perf_counter() - start
             crc = 0
             for xb, yb in batches:
-                crc = zlib.crc32(yb, zlib.crc32(xb, crc))
+                crc = zlib.crc32(yb.data, zlib.crc32(xb.data, crc))
             _reply(out, seconds=seconds, steps=len(batches), crc32=crc)
         elif cmd["cmd"] == "val":
             _reply(out, val_accuracy=accuracy(trainer, data.val_x, data.val_y))
