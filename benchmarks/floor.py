@@ -8,7 +8,9 @@ layer but the first (whose input needs no gradient) — plain `@`, results alloc
 engine's are. Everything else in the engine's step (bias adds, ReLU, softmax cross-entropy,
 the bias sums, the SGD update, temporaries and Python) is what engine ÷ floor measures.
 The two are timed in turns, --steps steps each, --rounds times (who goes first alternates);
-the ratio is the median over rounds of the per-round ratio. The engine's step is the one
+the ratio is the median over rounds of the per-round ratio. A third turn times the random
+shifts of one batch (`augment.shift`, what the recipe adds to every step), so the table also
+says what augmentation costs against a step (issue 10's aim: at most 10 %). The engine's step is the one
 `train_speed` times (plain SGD, lr 0.1), or with --recipe-sgd the default recipe's Nesterov
 momentum and weight decay. Writes floor.json and floor.md into --out.
 """
@@ -96,24 +98,39 @@ def engine_step(sizes: list[int], batch: int, recipe_sgd: bool, seed: int = 0
     return (lambda: trainer.step(x, y)), (lambda: trainer.load(init))
 
 
+def augment_batch(batch: int, seed: int = 0) -> Callable[[], None]:
+    """The recipe's ±2 px random shifts of one batch of MNIST-sized images, as a function to time."""
+    import numpy as np
+
+    from tinygrad_mnist.augment import epoch_shifts, shift
+
+    x = np.random.default_rng(seed).random((batch, 784), dtype=np.float32)
+    shifts = epoch_shifts(seed, 0, batch, RECIPE["max_shift"])
+    return lambda: shift(x, shifts)
+
+
 def bench_model(sizes: list[int], args: argparse.Namespace) -> dict[str, Any]:
-    floor = floor_step(sizes, args.batch, args.seed)
     engine, reset = engine_step(sizes, args.batch, args.recipe_sgd, args.seed)
-    for fn in (floor, engine):  # warm caches and allocator
+    turns = {"floor": floor_step(sizes, args.batch, args.seed), "engine": engine,
+             "augment": augment_batch(args.batch, args.seed)}
+    for fn in turns.values():  # warm caches and allocator
         for _ in range(args.steps):
             fn()
-    seconds: dict[str, list[float]] = {"floor": [], "engine": []}
+    seconds: dict[str, list[float]] = {name: [] for name in turns}
     for r in range(args.rounds):
         reset()
-        for name, fn in (("floor", floor), ("engine", engine))[::1 if r % 2 else -1]:
+        for name, fn in list(turns.items())[::1 if r % 2 else -1]:
             start = time.perf_counter()
             for _ in range(args.steps):
                 fn()
             seconds[name].append((time.perf_counter() - start) / args.steps)
     per_round = [e / f for e, f in zip(seconds["engine"], seconds["floor"])]
+    augment = [a / e for a, e in zip(seconds["augment"], seconds["engine"])]
     return {"sizes": sizes, "floor_us": statistics.median(seconds["floor"]) * 1e6,
             "engine_us": statistics.median(seconds["engine"]) * 1e6,
-            "ratio_per_round": per_round, "ratio": statistics.median(per_round)}
+            "augment_us": statistics.median(seconds["augment"]) * 1e6,
+            "ratio_per_round": per_round, "ratio": statistics.median(per_round),
+            "augment_share": statistics.median(augment)}
 
 
 def to_markdown(result: dict[str, Any]) -> str:
@@ -126,13 +143,14 @@ def to_markdown(result: dict[str, Any]) -> str:
         (f"Batch {result['batch']}; engine step with {result['sgd']}; median of "
          f"{result['rounds']} rounds of {result['steps']} steps each, floor and engine in turns."),
         "",
-        "| model | floor, µs/step | engine, µs/step | engine ÷ floor | at issue 10 (1 thread) |",
-        "|---|---:|---:|---:|---:|",
+        ("| model | floor, µs/step | engine, µs/step | engine ÷ floor | at issue 10 (1 thread) "
+         "| ±2 px shifts, µs/batch | shifts ÷ engine step |"),
+        "|---|---:|---:|---:|---:|---:|---:|",
     ]
     for model, r in result["models"].items():
         aim = f", aim ≤ {AIM[model]}" if model in AIM else ""
         lines.append(f"| {model} | {r['floor_us']:.0f} | {r['engine_us']:.0f} | {r['ratio']:.3f} | "
-                     f"{BEFORE[model]}{aim} |")
+                     f"{BEFORE[model]}{aim} | {r['augment_us']:.0f} | {100 * r['augment_share']:.1f} % |")
     return "\n".join(lines) + "\n"
 
 

@@ -42,10 +42,12 @@ def test_quick_run_writes_the_table(tmp_path):
         r = result["models"][model]
         assert len(r["ratio_per_round"]) == 3 and r["floor_us"] > 0 and r["engine_us"] > 0
         assert r["ratio"] == sorted(r["ratio_per_round"])[1]  # the median of the rounds
+        assert r["augment_us"] > 0 and 0 < r["augment_share"]
     saved = json.loads((tmp_path / "floor.json").read_text())
     assert set(saved["models"]) == {"784-128-10", "784-512-256-10"} and saved["threads"] == 1
     table = (tmp_path / "floor.md").read_text()
     assert "| 784-128-10 |" in table and "1.54, aim ≤ 1.25" in table and "plain SGD" in table
+    assert "shifts ÷ engine step" in table
 
 
 def test_bad_arguments():
