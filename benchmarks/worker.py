@@ -182,11 +182,16 @@ def serve_recipe(args: argparse.Namespace, out: Any) -> None:
 
 
 def _library_versions(name: str) -> dict[str, str]:
-    """TF's or torch's version, for a contender left at its library's default threads."""
-    if name in ("tensorflow", "torch"):
-        import importlib
+    """TF's or torch's version (and torch's thread count), for a contender left at its
+    library's default threads."""
+    if name == "tensorflow":
+        import tensorflow as tf
 
-        return {name: importlib.import_module(name).__version__}
+        return {"tensorflow": tf.__version__}
+    if name == "torch":
+        import torch
+
+        return {"torch": torch.__version__, "torch_threads": torch.get_num_threads()}
     return {}
 
 
