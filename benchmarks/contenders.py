@@ -1,8 +1,10 @@
 """The contenders, behind one small interface, and the training loop they all share.
 
 Every contender starts from the same weights (the engine's `MLP(sizes, seed)`), sees the same
-float32 batches in the same order (`epoch_order`), and does plain SGD, so the only thing that
-differs between them is how the forward and backward passes are computed.
+float32 batches in the same order (`epoch_order`), and does the same SGD arithmetic (plain by
+default; momentum, Nesterov and L2 weight decay as the engine's `optim.SGD` computes them when
+asked), so the only thing that differs between them is how the forward and backward passes
+are computed.
 """
 from __future__ import annotations
 
@@ -12,6 +14,7 @@ from typing import Callable, Protocol
 import numpy as np
 
 from tinygrad_mnist import Tensor, no_grad
+from tinygrad_mnist.augment import epoch_shifts, shift
 from tinygrad_mnist.nn import MLP, cross_entropy
 from tinygrad_mnist.optim import SGD
 
@@ -32,7 +35,10 @@ class Trainer(Protocol):
         """Forward pass only (evaluation)."""
 
     def load(self, params: Params) -> None:
-        """Set the weights (to undo a warm-up)."""
+        """Set the weights and clear the optimizer's momenta (to undo a warm-up)."""
+
+    def set_lr(self, lr: float) -> None:
+        """The learning rate of the following steps (a schedule calls it every step)."""
 
 
 def initial_params(sizes: list[int], seed: int) -> Params:
@@ -43,6 +49,20 @@ def initial_params(sizes: list[int], seed: int) -> Params:
 def epoch_order(seed: int, epoch: int, n: int) -> np.ndarray:
     """The shuffled example order of one epoch, the same for every contender."""
     return np.random.default_rng([seed, epoch]).permutation(n)
+
+
+def augmented_batches(x: np.ndarray, y: np.ndarray, seed: int, epoch: int, batch: int,
+                      max_shift: int, first: int = 0, stop: int | None = None
+                      ) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Batches first..stop-1 of an epoch: `epoch_order` cut into batches, each image shifted by
+    `augment.epoch_shifts(seed, epoch)`. A function of its arguments alone, so every contender's
+    process builds bit-identical batches, and a slice of an epoch equals the same batches of
+    the whole epoch."""
+    order = epoch_order(seed, epoch, len(x))
+    shifts = epoch_shifts(seed, epoch, len(x), max_shift)
+    starts = range(0, len(order), batch)[first:stop]
+    return [(shift(x[order[i:i + batch]], shifts[i:i + batch]), y[order[i:i + batch]])
+            for i in starts]
 
 
 def run_epoch(trainer: Trainer, x: np.ndarray, y: np.ndarray, order: np.ndarray,
@@ -64,10 +84,12 @@ def accuracy(trainer: Trainer, x: np.ndarray, y: np.ndarray, chunk: int = 2000) 
 class EngineTrainer:
     """This engine, used the way its README shows: MLP, cross_entropy, SGD."""
 
-    def __init__(self, params: Params, lr: float):
+    def __init__(self, params: Params, lr: float, momentum: float = 0.0, nesterov: bool = False,
+                 weight_decay: float = 0.0):
         self.model = MLP([params[0][0].shape[0]] + [w.shape[1] for w, _ in params])
+        self.opt = SGD(self.model.parameters(), lr=lr, momentum=momentum, nesterov=nesterov,
+                       weight_decay=weight_decay)
         self.load(params)
-        self.opt = SGD(self.model.parameters(), lr=lr)
 
     def step(self, x, y):
         loss = cross_entropy(self.model(Tensor(x)), y)
@@ -88,18 +110,27 @@ class EngineTrainer:
     def load(self, params):
         names = [name for name, _ in self.model.named_parameters()]
         self.model.load_state_dict(dict(zip(names, [a for pair in params for a in pair])))
+        self.opt.velocity = [None] * len(self.opt.params)
+
+    def set_lr(self, lr):
+        self.opt.lr = lr
 
 
 class NumpyTrainer:
     """The hand-written forward and backward of `numpy_mlp`: no graph, the floor."""
 
-    def __init__(self, params: Params, lr: float):
-        self.lr = lr
+    def __init__(self, params: Params, lr: float, momentum: float = 0.0, nesterov: bool = False,
+                 weight_decay: float = 0.0):
+        self.lr, self.momentum, self.nesterov, self.weight_decay = lr, momentum, nesterov, weight_decay
         self.load(params)
 
     def step(self, x, y):
         _, grads = numpy_mlp.loss_and_grads(self.params, x, y)
-        numpy_mlp.sgd_step(self.params, grads, self.lr)
+        if self.momentum or self.weight_decay:
+            numpy_mlp.sgd_momentum_step(self.params, grads, self.velocity, self.lr, self.momentum,
+                                        self.nesterov, self.weight_decay)
+        else:
+            numpy_mlp.sgd_step(self.params, grads, self.lr)
 
     def grads(self, x, y):
         return numpy_mlp.loss_and_grads(self.params, x, y)[1]
@@ -109,16 +140,26 @@ class NumpyTrainer:
 
     def load(self, params):
         self.params = [(w.copy(), b.copy()) for w, b in params]
+        self.velocity: list[np.ndarray | None] = [None] * (2 * len(params))
+
+    def set_lr(self, lr):
+        self.lr = lr
 
 
 class TensorFlowTrainer:
-    """TensorFlow's custom training loop: a tf.function around a GradientTape step."""
+    """TensorFlow's custom training loop: a tf.function around a GradientTape step.
 
-    def __init__(self, params: Params, lr: float):
+    The update is written out rather than Keras' SGD, whose Nesterov form and (decoupled)
+    weight decay compute something else than the engine's and PyTorch's SGD."""
+
+    def __init__(self, params: Params, lr: float, momentum: float = 0.0, nesterov: bool = False,
+                 weight_decay: float = 0.0):
         import tensorflow as tf
 
-        self.tf, self.lr = tf, lr
+        self.tf, self.momentum, self.nesterov, self.weight_decay = tf, momentum, nesterov, weight_decay
+        self.lr = tf.Variable(lr, dtype=tf.float32, trainable=False)  # a Variable: no retracing
         self.vars = [tf.Variable(a) for pair in params for a in pair]
+        self.velocity = [tf.Variable(tf.zeros_like(v), trainable=False) for v in self.vars]
         batch_spec = (tf.TensorSpec([None, params[0][0].shape[0]], tf.float32),
                       tf.TensorSpec([None], tf.int64))  # any batch size: the last one is smaller
         self._step = tf.function(self._step_fn, input_signature=batch_spec)
@@ -139,8 +180,13 @@ class TensorFlowTrainer:
         return tape.gradient(loss, self.vars)
 
     def _step_fn(self, x, y):
-        for v, g in zip(self.vars, self._grads_fn(x, y)):
-            v.assign_sub(self.lr * g)
+        for w, v, g in zip(self.vars, self.velocity, self._grads_fn(x, y)):
+            if self.weight_decay:
+                g = g + self.weight_decay * w
+            if self.momentum:  # v starts at 0, so its first value is g, as the engine's
+                v.assign(self.momentum * v + g)
+                g = g + self.momentum * v if self.nesterov else v
+            w.assign_sub(self.lr * g)
 
     def step(self, x, y):
         self._step(x, y)
@@ -153,14 +199,19 @@ class TensorFlowTrainer:
         return self._logits(x).numpy()
 
     def load(self, params):
-        for v, a in zip(self.vars, [a for pair in params for a in pair]):
-            v.assign(a)
+        for w, v, a in zip(self.vars, self.velocity, [a for pair in params for a in pair]):
+            w.assign(a)
+            v.assign(self.tf.zeros_like(v))
+
+    def set_lr(self, lr):
+        self.lr.assign(lr)
 
 
 class TorchTrainer:
     """PyTorch's usual loop: nn.Sequential, F.cross_entropy, optim.SGD."""
 
-    def __init__(self, params: Params, lr: float):
+    def __init__(self, params: Params, lr: float, momentum: float = 0.0, nesterov: bool = False,
+                 weight_decay: float = 0.0):
         import torch
 
         self.torch = torch
@@ -168,8 +219,9 @@ class TorchTrainer:
         for w, _ in params:
             layers += [torch.nn.Linear(*w.shape), torch.nn.ReLU()]
         self.model = torch.nn.Sequential(*layers[:-1])
+        self.opt = torch.optim.SGD(self.model.parameters(), lr=lr, momentum=momentum,
+                                   nesterov=nesterov, weight_decay=weight_decay)
         self.load(params)
-        self.opt = torch.optim.SGD(self.model.parameters(), lr=lr)
 
     def _loss(self, x, y):
         return self.torch.nn.functional.cross_entropy(self.model(self.torch.from_numpy(x)),
@@ -195,6 +247,11 @@ class TorchTrainer:
             for m, (w, b) in zip(self.model[0::2], params):
                 m.weight.copy_(self.torch.from_numpy(w.T))
                 m.bias.copy_(self.torch.from_numpy(b))
+        self.opt.state.clear()  # momentum buffers start again from the next gradient
+
+    def set_lr(self, lr):
+        for group in self.opt.param_groups:
+            group["lr"] = lr
 
 
 TRAINERS: dict[str, Callable[..., Trainer]] = {
@@ -203,6 +260,8 @@ TRAINERS: dict[str, Callable[..., Trainer]] = {
 }
 
 
-def make_trainer(name: str, params: Params, lr: float = 0.1) -> Trainer:
+def make_trainer(name: str, params: Params, lr: float = 0.1, momentum: float = 0.0,
+                 nesterov: bool = False, weight_decay: float = 0.0) -> Trainer:
     """A fresh trainer that starts from a copy of `params`; thread counts are set by the caller."""
-    return TRAINERS[name](params, lr)
+    return TRAINERS[name](params, lr, momentum=momentum, nesterov=nesterov,
+                          weight_decay=weight_decay)

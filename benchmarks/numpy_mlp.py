@@ -54,3 +54,26 @@ def sgd_step(params: Params, grads: Params, lr: float) -> None:
     for (w, b), (gw, gb) in zip(params, grads):
         w -= lr * gw
         b -= lr * gb
+
+
+def sgd_momentum_step(params: Params, grads: Params, velocity: list[np.ndarray | None], lr: float,
+                      momentum: float, nesterov: bool, weight_decay: float) -> None:
+    """The engine's `optim.SGD` update, op for op, so the two stay bit-identical: L2 weight
+    decay added to the gradient (biases too), the velocity started at the first gradient (as
+    PyTorch does), and with Nesterov the step along g + momentum * velocity.
+
+    `velocity` holds one array (or None before the first step) per weight and bias, in order."""
+    flat_params = [a for pair in params for a in pair]
+    flat_grads = [a for pair in grads for a in pair]
+    for i, (w, g) in enumerate(zip(flat_params, flat_grads)):
+        if weight_decay:
+            g = g + weight_decay * w
+        if momentum:
+            v = velocity[i]
+            if v is None:
+                v = velocity[i] = g.copy()
+            else:
+                v *= momentum
+                v += g
+            g = g + momentum * v if nesterov else v
+        w -= lr * g

@@ -6,6 +6,9 @@ It loads the data, builds the trainer, warms it up (then restores the initial we
 (and reports test accuracy on `test`), so the parent can interleave the contenders finely.
 Replies are JSON lines on the original stdout; anything libraries print goes to stderr.
 
+With `--recipe JSON` it serves `time_to_accuracy` instead: augmented batches, a momentum SGD
+with a per-step cosine learning rate, and `val` commands between the slices.
+
 `python -m benchmarks.worker overhead` instead measures the engine's own per-op costs.
 """
 from __future__ import annotations
@@ -120,6 +123,78 @@ def serve(args: argparse.Namespace, out: Any) -> None:
             return
 
 
+def serve_recipe(args: argparse.Namespace, out: Any) -> None:
+    """Train the recipe's slices on command. Only the steps are timed: each slice's augmented
+    batches are built before its clock starts (and their CRC32 returned, so the parent can
+    check every contender saw the same bytes), and validation runs on its own command."""
+    import zlib
+
+    import numpy as np
+
+    from tinygrad_mnist.data import MNISTError, load_mnist
+    from tinygrad_mnist.optim import CosineLR
+
+    from .contenders import accuracy, augmented_batches, initial_params, make_trainer
+
+    r = json.loads(args.recipe)
+    info = _set_library_threads(args.contender, args.threads) if args.threads else \
+        {"openblas_threads": _openblas_threads(), **_library_versions(args.contender)}
+    try:
+        data = load_mnist(args.data, val_size=r["val_size"], seed=r["seed"])
+    except MNISTError as e:
+        sys.exit(f"no MNIST for the benchmark (pass --data DIR or set $TINYGRAD_MNIST_DATA): {e}")
+    train_x, train_y = data.train_x[:args.limit], data.train_y[:args.limit]
+    steps_per_epoch = -(-len(train_x) // r["batch"])
+    schedule = CosineLR(r["lr"], r["epochs"])
+    init = initial_params(r["sizes"], r["seed"])
+    trainer = make_trainer(args.contender, init, r["lr"], momentum=r["momentum"],
+                           nesterov=r["nesterov"], weight_decay=r["weight_decay"])
+    for xb, yb in augmented_batches(train_x, train_y, r["seed"], 0, r["batch"], r["max_shift"],
+                                    0, args.warmup_steps):
+        trainer.step(xb, yb)  # traces tf.function, fills caches
+    trainer.load(init)
+    _reply(out, ready=True, numpy=np.__version__, train_examples=len(train_x),
+           steps_per_epoch=steps_per_epoch, **info)
+
+    for line in sys.stdin:
+        cmd = json.loads(line)
+        if cmd["cmd"] == "train":  # part `part` of `parts` of the epoch's batches
+            bounds = np.linspace(0, steps_per_epoch, cmd["parts"] + 1).astype(int)
+            first, stop = (int(b) for b in bounds[cmd["part"]:cmd["part"] + 2])
+            batches = augmented_batches(train_x, train_y, r["seed"], cmd["epoch"], r["batch"],
+                                        r["max_shift"], first, stop)
+            start = time.perf_counter()
+            for step, (xb, yb) in enumerate(batches, first):
+                trainer.set_lr(schedule(cmd["epoch"] + step / steps_per_epoch))
+                trainer.step(xb, yb)
+            seconds = time.perf_counter() - start
+            crc = 0
+            for xb, yb in batches:
+                crc = zlib.crc32(yb.data, zlib.crc32(xb.data, crc))
+            _reply(out, seconds=seconds, steps=len(batches), crc32=crc)
+        elif cmd["cmd"] == "val":
+            _reply(out, val_accuracy=accuracy(trainer, data.val_x, data.val_y))
+        elif cmd["cmd"] == "test":
+            _reply(out, test_accuracy=accuracy(trainer, data.test_x, data.test_y))
+        elif cmd["cmd"] == "quit":
+            _reply(out, peak_rss_mb=_peak_rss_mb())
+            return
+
+
+def _library_versions(name: str) -> dict[str, str]:
+    """TF's or torch's version (and torch's thread count), for a contender left at its
+    library's default threads."""
+    if name == "tensorflow":
+        import tensorflow as tf
+
+        return {"tensorflow": tf.__version__}
+    if name == "torch":
+        import torch
+
+        return {"torch": torch.__version__, "torch_threads": torch.get_num_threads()}
+    return {}
+
+
 def measure_overhead(chain: int = 100_000, number: int = 20_000, repeat: int = 5) -> dict[str, float]:
     """The engine's fixed cost per op (a 1-element add, timed many times) and per training step
     (a tiny MLP), and backward's per-node cost (a long chain of multiplies), next to NumPy's own
@@ -183,11 +258,15 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--warmup-steps", type=int, default=20)
     p.add_argument("--chain", type=int, default=100_000)
     p.add_argument("--data", default=None)
+    p.add_argument("--recipe", default=None,
+                   help="JSON training recipe: serve time_to_accuracy (--threads 0: library defaults)")
     args = p.parse_args(argv)
     out = os.fdopen(os.dup(1), "w")
     os.dup2(2, 1)  # whatever a library prints can't corrupt the replies
     if args.contender == "overhead":
         _reply(out, **measure_overhead(args.chain))
+    elif args.recipe:
+        serve_recipe(args, out)
     else:
         serve(args, out)
 

@@ -1,0 +1,269 @@
+"""Time to accuracy: seconds of training until 98 % and 99 % validation accuracy, by contender.
+
+    python -m benchmarks.time_to_accuracy [--threads 1,default] [--epochs 20] [--parts 10]
+                                          [--quick] [--out DIR]
+
+The default recipe (RECIPE below, every item a flag) is trained by this engine, hand-written
+NumPy, PyTorch and TensorFlow (the last two when installed): the same MLP from the same initial
+weights, the same augmented batches in the same order (each worker builds them from the seed
+alone, and the parent checks their CRC32 slice by slice), the same SGD arithmetic (Nesterov
+momentum, L2 weight decay added to the gradient as the engine's `optim.SGD` does) and the same
+per-step cosine learning rate. Each contender runs in its own worker process; the parent has
+them train each epoch in --parts slices taken in turn, rotating the order every slice, as
+`train_speed` does. Validation (5,000 held-out training digits) runs after every slice, i.e.
+--parts times an epoch, and is not counted: the seconds are the steps' own time (the batches
+are built before each slice's clock starts). The test accuracy is measured once, at the end.
+
+--threads takes a comma-separated list: a number pins every BLAS/OpenMP/TF/torch thread knob
+to it, `default` leaves them all unset so each library picks its own. Writes
+time_to_accuracy.json and time_to_accuracy.md into --out.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from .train_speed import OPTIONAL, ROOT, THREAD_VARS, Worker, numpy_info
+
+# The default recipe: what `tinygrad-mnist train` is to reach 99 % with (issue 10).
+RECIPE: dict[str, Any] = {
+    "sizes": [784, 512, 256, 10], "batch": 128, "lr": 0.1, "momentum": 0.9, "nesterov": True,
+    "weight_decay": 1e-4, "schedule": "cosine", "max_shift": 2, "epochs": 20, "seed": 0,
+    "val_size": 5000,
+}
+ACCURACIES = (0.98, 0.99)
+# engine ÷ contender, at most, for the time to 99 % at one thread (the issue's targets)
+TARGETS = {"torch": 1.0, "numpy": 1.05}
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--threads", default="1,default",
+                   help="comma-separated thread settings, each a number or 'default' (default 1,default)")
+    p.add_argument("--contenders", default="engine,numpy,tensorflow,torch",
+                   help="comma-separated; tensorflow/torch are left out when not installed")
+    p.add_argument("--parts", type=int, default=10,
+                   help="slices of each epoch, interleaved across contenders, each followed by a "
+                        "validation (default 10)")
+    p.add_argument("--sizes", type=lambda s: [int(n) for n in s.split(",")], default=RECIPE["sizes"])
+    p.add_argument("--epochs", type=int, default=RECIPE["epochs"])
+    p.add_argument("--batch", type=int, default=RECIPE["batch"])
+    p.add_argument("--lr", type=float, default=RECIPE["lr"], help="peak of the cosine schedule")
+    p.add_argument("--momentum", type=float, default=RECIPE["momentum"])
+    p.add_argument("--no-nesterov", dest="nesterov", action="store_false",
+                   help="classical momentum instead of Nesterov's")
+    p.add_argument("--weight-decay", type=float, default=RECIPE["weight_decay"])
+    p.add_argument("--max-shift", type=int, default=RECIPE["max_shift"],
+                   help="random shifts of up to this many pixels (0: no augmentation)")
+    p.add_argument("--seed", type=int, default=RECIPE["seed"])
+    p.add_argument("--limit", type=int, default=None, help="train on the first N examples only")
+    p.add_argument("--warmup-steps", type=int, default=20)
+    p.add_argument("--data", default=None, help="MNIST directory (default: $TINYGRAD_MNIST_DATA, "
+                   "else the user cache, downloading if needed)")
+    p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
+    p.add_argument("--quick", action="store_true",
+                   help="smoke run: 2 epochs on 5,120 examples, 2 slices an epoch, 1 thread")
+    args = p.parse_args(argv)
+    if args.quick:
+        args.epochs, args.limit, args.parts, args.warmup_steps = 2, 5120, 2, 2
+        args.threads = "1"
+    try:
+        args.threads = [0 if t.strip() == "default" else int(t) for t in args.threads.split(",")]
+    except ValueError:
+        p.error(f"--threads takes numbers or 'default', comma-separated; got {args.threads!r}")
+    if any(t < 0 for t in args.threads) or args.epochs < 1 or args.parts < 1 or args.batch < 1:
+        p.error("--threads, --epochs, --parts and --batch must be positive")
+    args.recipe = {**RECIPE, **{k: getattr(args, k) for k in RECIPE if hasattr(args, k)}}
+    return args
+
+
+def set_threads(threads: int) -> None:
+    """Pin every thread knob for the workers started next, or (0) unset them all."""
+    for var in THREAD_VARS:
+        if threads:
+            os.environ[var] = str(threads)
+        else:
+            os.environ.pop(var, None)
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
+class RecipeWorker(Worker):
+    """A contender's process serving the recipe (`benchmarks.worker --recipe`)."""
+
+    def __init__(self, contender: str, args: argparse.Namespace, threads: int):
+        self.name = contender
+        cmd = [sys.executable, "-m", "benchmarks.worker", contender, "--threads", str(threads),
+               "--warmup-steps", str(args.warmup_steps), "--recipe", json.dumps(args.recipe)]
+        if args.data:
+            cmd += ["--data", args.data]
+        if args.limit:
+            cmd += ["--limit", str(args.limit)]
+        self.log = tempfile.TemporaryFile("w+")
+        self.proc = subprocess.Popen(cmd, cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                     stderr=self.log, text=True)
+
+
+def race(contenders: list[str], args: argparse.Namespace, threads: int) -> dict[str, Any]:
+    """Train every contender through the whole recipe, interleaved; per-contender curves."""
+    set_threads(threads)
+    workers = [RecipeWorker(c, args, threads) for c in contenders]
+    results = {w.name: {**w.receive(), "curve": []} for w in workers}
+    total = dict.fromkeys(results, 0.0)
+    for epoch in range(args.epochs):
+        for part in range(args.parts):
+            k = (epoch * args.parts + part) % len(workers)
+            crcs = {}
+            for w in workers[k:] + workers[:k]:
+                reply = w.ask(cmd="train", epoch=epoch, part=part, parts=args.parts)
+                total[w.name] += reply["seconds"]
+                crcs[w.name] = reply["crc32"]
+            if len(set(crcs.values())) > 1:
+                raise RuntimeError(f"epoch {epoch + 1}, slice {part + 1}: the contenders trained on "
+                                   f"different batches (CRC32 {crcs})")
+            for w in workers:
+                results[w.name]["curve"].append({
+                    "epochs": epoch + (part + 1) / args.parts, "seconds": total[w.name],
+                    "val_accuracy": w.ask(cmd="val")["val_accuracy"]})
+    for w in workers:
+        results[w.name]["test_accuracy"] = w.ask(cmd="test")["test_accuracy"]
+        results[w.name].update(w.ask(cmd="quit"))
+        results[w.name].pop("ready")
+        w.close()
+    for r in results.values():
+        r["train_seconds"] = r["curve"][-1]["seconds"]
+        r["final_val_accuracy"] = r["curve"][-1]["val_accuracy"]
+        r["seconds_to"] = {f"{a:.2f}": seconds_to(r["curve"], a) for a in ACCURACIES}
+    return results
+
+
+def seconds_to(curve: list[dict[str, float]], accuracy: float) -> float | None:
+    """Training seconds at the first validation that reached `accuracy`; None if none did."""
+    return next((p["seconds"] for p in curve if p["val_accuracy"] >= accuracy), None)
+
+
+def ratios(results: dict[str, Any], of: str = "engine") -> dict[str, dict[str, float | None]]:
+    """`of`'s seconds ÷ each other contender's: to each accuracy (None where either never got
+    there) and for the whole run (the same work for both)."""
+    mine = results[of]
+    out = {}
+    for name, r in results.items():
+        if name == of:
+            continue
+        rat: dict[str, float | None] = {"all_epochs": mine["train_seconds"] / r["train_seconds"]}
+        for a, s in r["seconds_to"].items():
+            rat[a] = mine["seconds_to"][a] / s if s and mine["seconds_to"][a] else None
+        out[f"{of}/{name}"] = rat
+    return out
+
+
+def check_targets(threads: int, rat: dict[str, dict[str, float | None]]) -> dict[str, Any]:
+    """The issue's 1-thread targets on the time to 99 %, each with its limit and verdict."""
+    if threads != 1:
+        return {}
+    checks = {}
+    for name, limit in TARGETS.items():
+        value = rat.get(f"engine/{name}", {}).get("0.99")
+        if f"engine/{name}" in rat:
+            checks[f"time to 99 % engine/{name}"] = {
+                "value": value, "limit": limit, "met": value is not None and value <= limit}
+    return checks
+
+
+def machine_facts() -> dict[str, Any]:
+    cpu = "unknown"
+    with open("/proc/cpuinfo") as f:
+        cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")),
+                   cpu)
+    return {"cpu": cpu, "cores": os.cpu_count(), "usable_cores": len(os.sched_getaffinity(0)),
+            "platform": platform.platform(), "python": platform.python_version(),
+            "load_average_start": os.getloadavg()}
+
+
+def _fmt(value: float | None, spec: str) -> str:
+    return "—" if value is None else format(value, spec)
+
+
+def to_markdown(result: dict[str, Any]) -> str:
+    m, r = result["machine"], result["recipe"]
+    versions = ", ".join(f"{k} {m[k]}" for k in ("numpy", "tensorflow", "torch") if m.get(k))
+    lines = [
+        (f"Measured {result['date']} on {m['cpu']}, {m['usable_cores']} of {m['cores']} cores, "
+         f"{m['blas'].get('name')} {m['blas'].get('version')}; {versions}; load average "
+         f"{m['load_average_start'][0]:.2f} at start, {m['load_average_end'][0]:.2f} at end."),
+        (f"Recipe: MLP {'-'.join(map(str, r['sizes']))}, batch {r['batch']}, SGD "
+         f"{'Nesterov ' if r['nesterov'] else ''}momentum {r['momentum']}, weight decay "
+         f"{r['weight_decay']} (L2, added to the gradient), cosine learning rate from {r['lr']} "
+         f"every step, ±{r['max_shift']} px random shifts, {result['epochs']} epochs on "
+         f"{result['train_examples']:,} training digits, seed {r['seed']}."),
+        (f"Seconds are training time only (augmented batches built beforehand, identical for "
+         f"all: checked by CRC32); validation on {r['val_size']:,} held-out digits after every "
+         f"1/{result['parts']} epoch, not counted. Contenders interleaved in "
+         f"{result['parts']} slices an epoch."),
+        "",
+        ("| threads | contender | s to 98 % val | s to 99 % val | s, all epochs | final val acc. "
+         "| test acc. | engine ÷ this, to 99 % | engine ÷ this, all epochs |"),
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for run in result["runs"]:
+        for name, c in run["contenders"].items():
+            rat = run["ratios"].get(f"engine/{name}")
+            lines.append(
+                f"| {run['threads_label']} | {name} | {_fmt(c['seconds_to']['0.98'], '.1f')} | "
+                f"{_fmt(c['seconds_to']['0.99'], '.1f')} | {c['train_seconds']:.1f} | "
+                f"{c['final_val_accuracy']:.4f} | {c['test_accuracy']:.4f} | "
+                + (f"{_fmt(rat['0.99'], '.3f')} | {rat['all_epochs']:.3f} |" if rat else "— | — |"))
+    targets = [(run["threads_label"], k, t) for run in result["runs"] for k, t in run["targets"].items()]
+    if targets:
+        lines += ["", "Targets (issue 10, at 1 thread):", ""]
+        lines += [f"- {k}: {'not reached' if t['value'] is None else format(t['value'], '.3f')} "
+                  f"(≤ {t['limit']}) "
+                  f"{'met' if t['met'] else '**missed**'}" for _, k, t in targets]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    args = parse_args(argv)
+    contenders = [c for c in args.contenders.split(",")
+                  if c not in OPTIONAL or importlib.util.find_spec(OPTIONAL[c]) is not None]
+    set_threads(args.threads[0])
+    machine = {**machine_facts(), **numpy_info()}
+    runs = []
+    for threads in args.threads:
+        label = str(threads) if threads else "default"
+        print(f"threads {label}: {', '.join(contenders)}, {args.epochs} epochs...", file=sys.stderr)
+        res = race(contenders, args, threads)
+        for r in res.values():  # library versions are machine facts, not per-run figures
+            for k in ("numpy", "tensorflow", "torch"):
+                if k in r:
+                    machine[k] = r.pop(k)
+        rat = ratios(res) if "engine" in res else {}
+        runs.append({"threads": threads, "threads_label": label, "contenders": res, "ratios": rat,
+                     "targets": check_targets(threads, rat)})
+    machine["load_average_end"] = os.getloadavg()
+    first = next(iter(runs[0]["contenders"].values()))
+    result = {"date": time.strftime("%Y-%m-%d %H:%M %Z"), "machine": machine,
+              "recipe": args.recipe, "epochs": args.epochs, "parts": args.parts,
+              "train_examples": first["train_examples"], "runs": runs}
+    # only now: it loads NumPy into this process
+    from tinygrad_mnist.files import atomic_write
+
+    atomic_write(args.out / "time_to_accuracy.json", (json.dumps(result, indent=2) + "\n").encode())
+    atomic_write(args.out / "time_to_accuracy.md", to_markdown(result).encode())
+    print(to_markdown(result))
+    return result
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except RuntimeError as e:  # a worker failed, or the contenders' batches differed
+        sys.exit(f"benchmark failed: {e}")
