@@ -172,14 +172,18 @@ def test_first_layer_weights_symmetric_colours_per_unit():
     weight = np.random.default_rng(3).normal(size=(784, 6))
     weight[:, 4] = 0.0  # a dead unit must not break the colour scale
     fig = plots._weights_figure(weight, n=5)
-    shown = [ax for ax in fig.axes if ax.axison]
-    assert [ax.title.get_text() for ax in shown] == [f"unit {i}" for i in range(5)]
-    for unit, ax in enumerate(shown):
+    (image,) = fig.axes[0].images
+    assert image.get_clim() == (-1.0, 1.0)
+    mosaic = np.ma.filled(image.get_array(), np.nan)
+    assert mosaic.shape == (2 * 29 - 1, 3 * 29 - 1)  # 5 tiles in a 2 x 3 grid
+    for unit in range(5):
+        r, c = divmod(unit, 3)
+        tile = mosaic[29 * r:29 * r + 28, 29 * c:29 * c + 28]
         bound = np.abs(weight[:, unit]).max() or 1.0
-        assert ax.images[0].get_clim() == pytest.approx((-bound, bound))
-        np.testing.assert_array_equal(ax.images[0].get_array(), weight[:, unit].reshape(28, 28))
-    assert sum(ax.axison for ax in plots._weights_figure(weight, n=None).axes) == 6
-    assert sum(ax.axison for ax in plots._weights_figure(weight, n=100).axes) == 6
+        np.testing.assert_allclose(tile, weight[:, unit].reshape(28, 28) / bound)
+    assert np.isnan(mosaic[28]).all() and np.isnan(mosaic[29:, 2 * 29:]).all()  # gap, empty tile
+    assert plots.weight_mosaic(weight).shape == (2 * 29 - 1, 3 * 29 - 1)  # n=None: all 6
+    assert "units 0-5 of 6" in plots._weights_figure(weight, n=100).texts[0].get_text()
 
 
 @pytest.mark.parametrize("call, message", [

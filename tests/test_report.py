@@ -35,7 +35,8 @@ def test_page_is_self_contained(page, dot_binary):
     assert "<script" not in page.lower() and "<link" not in page.lower()
     assert not re.search(r"""(src|href)\s*=\s*["']?(https?:)?//""", page)  # nothing fetched
     sources = re.findall(r"<img[^>]*\ssrc=\"([^\"]*)\"", page)
-    assert len(sources) == 7 and all(s.startswith("data:image/png;base64,") for s in sources)
+    assert len(sources) == 8 and all(s.startswith("data:image/png;base64,") for s in sources)
+    assert "randomly shifted copies" in page  # the run trained with augmentation (shift 2)
     assert page.count("<svg") == 1 and "Affine" in page and "CrossEntropy" in page
 
 
@@ -118,7 +119,7 @@ def test_page_in_a_real_browser(run, browser, tmp_path):
     assert severe == []
     widths = browser.execute_script(
         "return Array.from(document.images).map(i => i.complete ? i.naturalWidth : 0)")
-    assert len(widths) == 7 and min(widths) > 0
+    assert len(widths) == 8 and min(widths) > 0  # 7 pictures, and the shifted digits
     for name in report.SECTIONS:
         section = browser.find_element("id", name)
         assert section.is_displayed() and section.size["height"] > 100, name

@@ -37,7 +37,7 @@ SMALL = dict(hidden=(32,), batch_size=64, lr=0.05, val_size=1000, train_limit=30
 
 
 def test_short_real_run_learns(mnist, tmp_path):
-    config = TrainConfig(hidden=(64,), epochs=1, train_limit=20_000, val_size=1000)
+    config = TrainConfig(hidden=(64,), epochs=1, train_limit=20_000, val_size=1000, shift=0)
     summary = train(config, tmp_path, data=mnist, progress=False, plots=False, log=quiet)
     history = json.loads((tmp_path / "metrics.json").read_text())
     assert summary["test_acc"] >= 0.90  # 20k examples, one epoch, 784-64-10 (measured 0.911)
@@ -194,11 +194,45 @@ def test_pictures_are_written_and_decode(mnist, tmp_path):
     config = TrainConfig(epochs=1, **SMALL)
     summary = train(config, tmp_path, data=mnist, progress=False, plots=True, log=quiet)
     names = {p.split("/")[-1] for p in summary["pictures"]}
-    assert names == {"learning_curves.png", "predictions.png", "confusion_matrix.png",
-                     "confident_mistakes.png", "first_layer_weights.png"}
+    assert names == {"digits.png", "augmented.png", "explanation.png", "learning_curves.png",
+                     "predictions.png", "confusion_matrix.png", "confident_mistakes.png",
+                     "first_layer_weights.png"}
+    assert set(train_module.PICTURES) == names  # all of them count as the run's own files
     for name in names:
         image = mpimg.imread(tmp_path / name)
         assert image.ndim == 3 and image.shape[0] > 100 and image.shape[1] > 100
+
+
+def test_augmentation_changes_what_is_learned_and_is_repeatable(mnist, tmp_path):
+    def weights(shift, name):
+        config = TrainConfig(epochs=1, shift=shift, **SMALL)
+        train(config, tmp_path / name, data=mnist, progress=False, plots=False, log=quiet)
+        return _weights(tmp_path / name)
+    plain, shifted, again = weights(0, "plain"), weights(2, "shifted"), weights(2, "again")
+    assert all(np.array_equal(shifted[k], again[k]) for k in shifted)  # seeded by (seed, epoch)
+    assert not np.array_equal(plain["layers.0.weight"], shifted["layers.0.weight"])
+    assert load_checkpoint(tmp_path / "shifted" / "checkpoint.npz").config.shift == 2
+
+
+def test_augmentation_feeds_the_shifted_batches(mnist, tmp_path, monkeypatch):
+    """The loop trains on exactly shift(x[order[batch]], epoch_shifts(...)[batch])."""
+    from tinygrad_mnist.augment import epoch_shifts, shift
+    seen = []
+    original = train_module.Tensor
+    monkeypatch.setattr(train_module, "Tensor", lambda a: seen.append(a.copy()) or original(a))
+    config = TrainConfig(epochs=1, shift=2, **SMALL)
+    train(config, tmp_path, data=mnist, progress=False, plots=False, log=quiet)
+    x = mnist.train_x[:config.train_limit]
+    order = train_module.epoch_order(config.seed, 0, len(x))
+    moves = epoch_shifts(config.seed, 0, len(x), 2)
+    np.testing.assert_array_equal(seen[1], shift(x[order[64:128]], moves[64:128]))
+    assert not np.array_equal(seen[1], x[order[64:128]])
+
+
+def test_a_checkpoint_from_before_augmentation_loads_as_unshifted(tmp_path):
+    path = _rewrite(_checkpoint_bytes(tmp_path), tmp_path / "old.npz",
+                    lambda m: m["config"].pop("shift"))
+    assert load_checkpoint(path).config.shift == 0
 
 
 @pytest.mark.parametrize("content", [b"", b"not a zip file", b"PK\x03\x04garbage"])
@@ -218,7 +252,8 @@ def test_npz_that_is_not_a_checkpoint_is_refused(tmp_path):
 
 
 @pytest.mark.parametrize("bad", [dict(epochs=0), dict(lr=-1.0), dict(optimizer="rmsprop"),
-                                 dict(schedule="linear"), dict(hidden=(0,)), dict(batch_size=0)])
+                                 dict(schedule="linear"), dict(hidden=(0,)), dict(batch_size=0),
+                                 dict(shift=-1), dict(shift=5), dict(shift=1.5)])
 def test_bad_config_is_refused(bad):
     with pytest.raises(ValueError, match="bad training config"):
         TrainConfig(**bad)

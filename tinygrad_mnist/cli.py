@@ -72,7 +72,7 @@ def _data_dir(text: str) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .train import TrainConfig
+    from .train import MAX_SHIFT, TrainConfig
     d = TrainConfig()
     parser = argparse.ArgumentParser(
         prog="tinygrad-mnist", description="Train and inspect an MNIST MLP built on "
@@ -104,6 +104,9 @@ def build_parser() -> argparse.ArgumentParser:
                    f"(default {','.join(map(str, d.hidden))})")
     t.add_argument("--dropout", type=_number(0, 1), help=f"(default {d.dropout})")
     t.add_argument("--seed", type=_int_range(0), help=f"(default {d.seed})")
+    t.add_argument("--shift", type=_int_range(0, MAX_SHIFT), help=f"move each training digit by "
+                   f"a random 0 to SHIFT pixels each way, anew every epoch (augmentation; "
+                   f"0 turns it off; default {d.shift})")
     t.add_argument("--val-size", type=_int_range(0, 59_999), help=f"training examples held "
                    f"out for validation (default {d.val_size})")
     t.add_argument("--train-limit", type=_positive_int, help="train on the first N examples "
@@ -208,7 +211,7 @@ def _terminate(signum: int, frame: object) -> None:
 
 
 _CONFIG_FLAGS = ("hidden", "epochs", "batch_size", "optimizer", "lr", "momentum", "weight_decay",
-                 "schedule", "dropout", "seed", "val_size", "train_limit")
+                 "schedule", "dropout", "seed", "val_size", "train_limit", "shift")
 
 
 def _train(args: argparse.Namespace) -> int:

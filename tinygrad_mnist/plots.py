@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
+from matplotlib import colormaps
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
@@ -52,6 +53,42 @@ def plot_digits(images: np.ndarray, labels: np.ndarray, path: str | os.PathLike,
                 title: str | None = None, ncols: int = 8) -> Path:
     """A grid of digits, each titled with its label: what the data looks like."""
     return _save(_digits_figure(images, labels, title, ncols), path)
+
+
+def plot_augmented(images: np.ndarray, versions: list[np.ndarray], shifts: list[np.ndarray],
+                   path: str | os.PathLike) -> Path:
+    """Training digits (top row) and the shifted copies the network sees in later epochs (one row
+    per epoch, each titled with its move): augmentation made visible."""
+    return _save(_augmented_figure(images, versions, shifts), path)
+
+
+def _augmented_figure(images: np.ndarray, versions: list[np.ndarray],
+                      shifts: list[np.ndarray]) -> Figure:
+    rows = [_check_images(images)] + [_check_images(v) for v in versions]
+    if any(r.shape != rows[0].shape for r in rows) or len(shifts) != len(versions) or any(
+            np.shape(s) != (len(rows[0]), 2) for s in shifts):
+        raise ValueError(f"every version must have the originals' shape {rows[0].shape} and "
+                         f"one (dy, dx) shift per digit")
+    ncols = len(rows[0])
+    fig = Figure(figsize=(1.2 * ncols + 1.0, 1.4 * len(rows) + 0.8), layout="constrained")
+    axes = fig.subplots(len(rows), ncols, squeeze=False)
+    for r, row in enumerate(rows):
+        for c, image in enumerate(row):
+            ax = axes[r, c]
+            _show_digit(ax, image)
+            ax.axhline(13.5, color="tab:blue", lw=0.5, alpha=0.4)  # the frame's centre lines,
+            ax.axvline(13.5, color="tab:blue", lw=0.5, alpha=0.4)  # to see the digit move
+            if r:
+                dy, dx = (int(v) for v in shifts[r - 1][c])
+                moves = [f"{'↓' if dy > 0 else '↑'}{abs(dy)}" if dy else "",
+                         f"{'→' if dx > 0 else '←'}{abs(dx)}" if dx else ""]
+                ax.set_title(" ".join(m for m in moves if m) or "not moved", fontsize=8)
+        axes[r, 0].set_ylabel("original" if r == 0 else f"epoch {r}", fontsize=10)
+    max_shift = max((int(np.abs(s).max()) for s in shifts), default=0)
+    fig.suptitle(f"What the network trains on: every epoch moves each training digit by up to "
+                 f"{max_shift} pixels (arrows: pixels down/up, right/left)\nnew pictures, same "
+                 f"labels, so it cannot just memorise them", fontsize=10)
+    return fig
 
 
 def plot_predictions(images: np.ndarray, labels: np.ndarray, preds: np.ndarray,
@@ -202,7 +239,8 @@ def _confusion_figure(labels: np.ndarray, preds: np.ndarray, n_classes: int) -> 
 
 
 def _weights_figure(weight: np.ndarray, n: int | None) -> Figure:
-    """One 28x28 image per unit, coloured symmetrically around 0 so the sign is visible."""
+    """One 28x28 tile per unit, each coloured symmetrically around 0 on its own scale so the sign
+    is visible, laid out in one image (one imshow, not one axes per unit: 20x faster to draw)."""
     weight = np.asarray(weight)
     if weight.ndim != 2 or weight.shape[0] != SIDE * SIDE:
         raise ValueError(f"weight must be (784, H), the first Linear layer's in x out matrix, "
@@ -211,22 +249,33 @@ def _weights_figure(weight: np.ndarray, n: int | None) -> Figure:
         raise ValueError("weight has no columns (H = 0): there are no units to plot")
     hidden = weight.shape[1]
     n = hidden if n is None else min(_check_positive_int("n", n), hidden)
+    mosaic = weight_mosaic(weight[:, :n])
+    ncols = (mosaic.shape[1] + 1) // (SIDE + 1)
+    fig = Figure(figsize=(max(0.9 * ncols, 7.0), 0.9 * mosaic.shape[0] / (SIDE + 1) + 0.7),
+                 layout="constrained")
+    ax = fig.subplots()
+    cmap = colormaps["RdBu_r"].with_extremes(bad="white")
+    ax.imshow(mosaic, cmap=cmap, vmin=-1.0, vmax=1.0, interpolation="nearest")
+    ax.set_axis_off()
+    fig.suptitle(f"first-layer weights of units 0-{n - 1} of {hidden}, one 28x28 tile each (left "
+                 f"to right, top to bottom)\nred = positive, blue = negative, each tile on its "
+                 f"own scale", fontsize=10)
+    return fig
+
+
+def weight_mosaic(weight: np.ndarray) -> np.ndarray:
+    """Each column of `weight` (784, n) as a 28x28 tile divided by its largest |weight|, tiles in
+    a near-square grid separated by NaN (drawn as white) lines."""
+    n = weight.shape[1]
     ncols = math.ceil(math.sqrt(n))
     nrows = math.ceil(n / ncols)
-    fig = Figure(figsize=(max(1.1 * ncols, 7.0), 1.2 * nrows + 0.5), layout="constrained")  # title fits
-    axes = fig.subplots(nrows, ncols, squeeze=False).ravel()
-    for unit, ax in enumerate(axes):
-        if unit >= n:
-            ax.set_axis_off()
-            continue
-        w = weight[:, unit].reshape(SIDE, SIDE)
-        bound = float(np.abs(w).max()) or 1.0
-        ax.imshow(w, cmap="RdBu_r", vmin=-bound, vmax=bound)
-        ax.set_xticks([])
-        ax.set_yticks([])
-        ax.set_title(f"unit {unit}", fontsize=7)
-    fig.suptitle(f"first-layer weights (units 0-{n - 1} of {hidden}; red = positive, blue = negative)")
-    return fig
+    bounds = np.abs(weight).max(axis=0)
+    tiles = (weight / np.where(bounds > 0, bounds, 1.0)).T.reshape(n, SIDE, SIDE)
+    mosaic = np.full((nrows * (SIDE + 1) - 1, ncols * (SIDE + 1) - 1), np.nan)
+    for unit, tile in enumerate(tiles):  # n tiles of 784 pixels: a loop over units is cheap
+        r, c = divmod(unit, ncols)
+        mosaic[r * (SIDE + 1):r * (SIDE + 1) + SIDE, c * (SIDE + 1):c * (SIDE + 1) + SIDE] = tile
+    return mosaic
 
 
 def _explanation_figure(e: Explanation) -> Figure:

@@ -24,7 +24,7 @@ from .explain import explain
 from .files import atomic_write
 from .nn import Module, cross_entropy
 from .tensor import Tensor, grad, no_grad
-from .train import CHECKPOINT, Checkpoint, load_checkpoint, predict_proba
+from .train import CHECKPOINT, Checkpoint, draw_pictures, load_checkpoint, predict_proba
 
 REPORT = "report.html"
 SECTIONS = ("data", "model", "curves", "predictions", "confusion", "mistakes", "explanation",
@@ -44,18 +44,29 @@ class GradCheckRow:
 
 
 def write_report(run_dir: str | os.PathLike, data: MNIST | None = None,
-                 data_dir: str | os.PathLike | None = None, data_dir_name: str = "data_dir") -> Path:
-    """Write RUN_DIR/report.html (atomically) from the run's checkpoint; returns its path."""
+                 data_dir: str | os.PathLike | None = None, data_dir_name: str = "data_dir",
+                 pictures: dict[str, Path] | None = None) -> Path:
+    """Write RUN_DIR/report.html (atomically) from the run's checkpoint; returns its path.
+
+    `pictures` are the run's PNGs just drawn by `train.draw_pictures` (train passes them);
+    without them they are drawn anew from the checkpoint, so the page never shows stale ones."""
     run_dir = Path(run_dir)
     ckpt = load_checkpoint(run_dir / CHECKPOINT)
     if data is None:
         data = load_mnist(data_dir, val_size=ckpt.config.val_size, seed=ckpt.config.seed,
                           data_dir_name=data_dir_name)
-    return atomic_write(run_dir / REPORT, render_report(ckpt, data, run_dir.name).encode("utf-8"))
+    if pictures is None:
+        with tempfile.TemporaryDirectory() as tmp:
+            page = render_report(ckpt, data, draw_pictures(ckpt.model, data, ckpt.history,
+                                                           Path(tmp), ckpt.config), run_dir.name)
+    else:
+        page = render_report(ckpt, data, pictures, run_dir.name)
+    return atomic_write(run_dir / REPORT, page.encode("utf-8"))
 
 
-def render_report(ckpt: Checkpoint, data: MNIST, title: str = "run") -> str:
-    """The report page as an HTML string."""
+def render_report(ckpt: Checkpoint, data: MNIST, pictures: dict[str, Path],
+                  title: str = "run") -> str:
+    """The report page as an HTML string, with `pictures` (from `train.draw_pictures`) embedded."""
     from jinja2 import Environment, PackageLoader, select_autoescape
     model = ckpt.model
     probs = predict_proba(model, data.test_x)
@@ -63,23 +74,8 @@ def render_report(ckpt: Checkpoint, data: MNIST, title: str = "run") -> str:
     wrong = np.flatnonzero(preds != data.test_y)
     mistake = int(wrong[0]) if len(wrong) else 0
     why = explain(model, data.test_x[mistake], label=int(data.test_y[mistake]))
-    with tempfile.TemporaryDirectory() as tmp:
-        def png(name: str, draw: Any, *args: Any, **kwargs: Any) -> str:
-            path = draw(*args, Path(tmp) / f"{name}.png", **kwargs)
-            return "data:image/png;base64," + base64.b64encode(path.read_bytes()).decode("ascii")
-
-        pictures = {  # a dozen or so digits each: enough to see, quick to draw
-            "data": png("data", plots.plot_digits, data.train_x[:16], data.train_y[:16], ncols=8),
-            "curves": png("curves", plots.plot_learning_curves, ckpt.history),
-            "predictions": png("predictions", plots.plot_predictions, data.test_x[:12],
-                               data.test_y[:12], preds[:12], probs=probs[:12].max(axis=1), ncols=6),
-            "confusion": png("confusion", plots.plot_confusion_matrix, data.test_y, preds),
-            "mistakes": png("mistakes", plots.plot_confident_mistakes, data.test_x, data.test_y,
-                            probs, k=8),
-            "explanation": png("explanation", plots.plot_explanation, why),
-            "weights": png("weights", plots.plot_first_layer_weights, model.parameters()[0].data,
-                           n=16),
-        }
+    embedded = {name: "data:image/png;base64," + base64.b64encode(path.read_bytes()).decode("ascii")
+                for name, path in pictures.items()}
     # mistakes have the large gradients that learning follows; a sure, right digit's are ~0
     chosen = np.concatenate([wrong, np.flatnonzero(preds == data.test_y)])[:8]
     check = gradient_check(model, data.test_x[chosen], data.test_y[chosen])
@@ -90,7 +86,7 @@ def render_report(ckpt: Checkpoint, data: MNIST, title: str = "run") -> str:
         sizes=model.sizes, n_params=sum(p.size for p in model.parameters()),
         n_train=len(data.train_x[:ckpt.config.train_limit]), n_val=len(data.val_x),
         n_test=len(data.test_x), test_acc=float((preds == data.test_y).mean()),
-        n_wrong=len(wrong), pictures=pictures, graph_svg=_graph_svg(model, data),
+        n_wrong=len(wrong), pictures=embedded, graph_svg=_graph_svg(model, data),
         mistake=mistake, why=why, check=check,
         worst_error=max(row.relative_error for row in check), sections=SECTIONS)
 

@@ -31,6 +31,7 @@ from typing import Any
 
 import numpy as np
 
+from .augment import epoch_shifts, shift
 from .data import MNIST, load_mnist
 from .files import atomic_write, remove_stale_temps
 from .nn import MLP, Dropout, Module, cross_entropy
@@ -39,9 +40,11 @@ from .tensor import Tensor, no_grad
 
 CHECKPOINT = "checkpoint.npz"
 INTERRUPTED = "interrupted.npz"
-PICTURES = ("learning_curves.png", "predictions.png", "confusion_matrix.png",
+PICTURES = ("digits.png", "augmented.png", "explanation.png", "learning_curves.png", "predictions.png", "confusion_matrix.png",
             "confident_mistakes.png", "first_layer_weights.png")
-RUN_FILES = (CHECKPOINT, INTERRUPTED, "metrics.json", "metrics.csv", "summary.json", *PICTURES)
+RUN_FILES = (CHECKPOINT, INTERRUPTED, "metrics.json", "metrics.csv", "summary.json", *PICTURES,
+             "report.html")
+MAX_SHIFT = 4
 FORMAT = "tinygrad_mnist-checkpoint-1"
 HISTORY_KEYS = ("epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "seconds")
 
@@ -62,6 +65,7 @@ class TrainConfig:
     seed: int = 0
     val_size: int = 5000
     train_limit: int | None = None  # train on the first N examples only (quick runs, tests)
+    shift: int = 2  # move each training digit by up to this many pixels each way (0: off)
 
     def __post_init__(self) -> None:
         self.hidden = tuple(self.hidden)
@@ -89,7 +93,10 @@ class TrainConfig:
                   (is_int(self.val_size) and 0 <= self.val_size < 60_000,
                    "val_size must be an integer in [0, 60000)"),
                   (self.train_limit is None or (is_int(self.train_limit) and self.train_limit >= 1),
-                   "train_limit must be None or an integer >= 1")]
+                   "train_limit must be None or an integer >= 1"),
+                  # MNIST centres each digit's 20-pixel box in 28: a shift over 4 cuts off ink
+                  (is_int(self.shift) and 0 <= self.shift <= MAX_SHIFT,
+                   f"shift must be an integer in [0, {MAX_SHIFT}]")]
         for ok, message in checks:
             if not ok:
                 raise ValueError(f"bad training config: {message} (got {self})")
@@ -286,10 +293,11 @@ def train(config: TrainConfig, run_dir: str | os.PathLike, data: MNIST | None = 
     log(f"test accuracy {100 * test_acc:.2f}% (loss {test_loss:.4f}) after {config.epochs} "
         f"epochs, {summary['train_seconds']:.1f}s of training")
     if plots:
-        summary["pictures"] = [str(p) for p in draw_pictures(model, data, history, run_dir)]
-        log(f"pictures in {run_dir}")
         from .report import write_report
-        log(f"report: {write_report(run_dir, data=data)}")
+        pictures = draw_pictures(model, data, history, run_dir, config)
+        summary["pictures"] = [str(p) for p in pictures.values()]
+        log(f"pictures in {run_dir}")
+        log(f"report: {write_report(run_dir, data=data, pictures=pictures)}")
     return summary
 
 
@@ -425,6 +433,12 @@ def _stop_between_steps() -> Iterator[_StopRequest]:
             signal.signal(s, h)
 
 
+def epoch_order(seed: int, epoch: int, n: int) -> np.ndarray:
+    """The order of an epoch's examples: drawn from (seed, epoch) alone, so a resumed run
+    repeats an uninterrupted one (dropout draws from [seed, epoch, 1], shifts [seed, epoch, 2])."""
+    return np.random.default_rng([seed, epoch]).permutation(n)
+
+
 def _train_epoch(model: Module, optimizer: Optimizer, config: TrainConfig, epoch: int,
                  schedule: Callable[[float], float], x: np.ndarray, y: np.ndarray,
                  progress: bool, stop: _StopRequest, resume_at: EpochState | None = None
@@ -433,11 +447,11 @@ def _train_epoch(model: Module, optimizer: Optimizer, config: TrainConfig, epoch
     signal asked it to."""
     start = time.perf_counter()
     model.train()
-    rng = np.random.default_rng([config.seed, epoch])
     dropouts = list(_dropouts(model))
     for m in dropouts:
         m.rng = np.random.default_rng([config.seed, epoch, 1])
-    order = rng.permutation(len(x))
+    order = epoch_order(config.seed, epoch, len(x))
+    shifts = epoch_shifts(config.seed, epoch, len(x), config.shift) if config.shift else None
     batches = range(0, len(x), config.batch_size)
     first, loss_sum, correct, seen, before = 0, 0.0, 0, 0, 0.0
     if resume_at is not None:
@@ -457,7 +471,8 @@ def _train_epoch(model: Module, optimizer: Optimizer, config: TrainConfig, epoch
     for step, i in enumerate(bar if bar is not None else batches[first:], start=first):
         idx = order[i:i + config.batch_size]
         optimizer.lr = schedule(epoch + step / len(batches))
-        logits = model(Tensor(x[idx]))
+        batch = x[idx] if shifts is None else shift(x[idx], shifts[i:i + config.batch_size])
+        logits = model(Tensor(batch))
         loss = cross_entropy(logits, y[idx])
         value = loss.item()
         if not math.isfinite(value):
@@ -490,20 +505,39 @@ def _dropouts(module: Module):
         yield from _dropouts(child)
 
 
-def draw_pictures(model: Module, data: MNIST, history: list[dict], run_dir: Path) -> list[Path]:
-    """The pictures a person wants after training, as PNGs in the run directory."""
+def draw_pictures(model: Module, data: MNIST, history: list[dict], directory: Path,
+                  config: TrainConfig) -> dict[str, Path]:
+    """The pictures a person wants after training, as PNGs in `directory`, by name; the run's
+    report embeds these same files."""
     from . import plots
+    from .explain import explain
     probs = predict_proba(model, data.test_x)
     preds = probs.argmax(axis=1)
-    first = model.parameters()[0].data
-    return [plots.plot_learning_curves(history, run_dir / "learning_curves.png"),
-            plots.plot_predictions(data.test_x[:32], data.test_y[:32], preds[:32],
-                                   run_dir / "predictions.png", probs=probs[:32].max(axis=1),
-                                   title="test digits: true label and prediction"),
-            plots.plot_confusion_matrix(data.test_y, preds, run_dir / "confusion_matrix.png"),
-            plots.plot_confident_mistakes(data.test_x, data.test_y, probs,
-                                          run_dir / "confident_mistakes.png"),
-            plots.plot_first_layer_weights(first, run_dir / "first_layer_weights.png")]
+    wrong = np.flatnonzero(preds != data.test_y)
+    mistake = int(wrong[0]) if len(wrong) else 0  # where learning happens; else the first digit
+    pictures = {"digits": plots.plot_digits(data.train_x[:16], data.train_y[:16],
+                                            directory / "digits.png")}
+    if config.shift:
+        examples, n = data.train_x[:8], len(data.train_x[:config.train_limit])
+        moves = []
+        for epoch in range(min(3, config.epochs)):  # the very shifts these digits got in training
+            position = np.argsort(epoch_order(config.seed, epoch, n))[:8]
+            moves.append(epoch_shifts(config.seed, epoch, n, config.shift)[position])
+        pictures["augmented"] = plots.plot_augmented(
+            examples, [shift(examples, m) for m in moves], moves, directory / "augmented.png")
+    why = explain(model, data.test_x[mistake], label=int(data.test_y[mistake]))
+    return {**pictures,
+            "curves": plots.plot_learning_curves(history, directory / "learning_curves.png"),
+            "predictions": plots.plot_predictions(
+                data.test_x[:24], data.test_y[:24], preds[:24], directory / "predictions.png",
+                probs=probs[:24].max(axis=1), title="test digits: true label and prediction"),
+            "confusion": plots.plot_confusion_matrix(data.test_y, preds,
+                                                     directory / "confusion_matrix.png"),
+            "mistakes": plots.plot_confident_mistakes(data.test_x, data.test_y, probs,
+                                                      directory / "confident_mistakes.png"),
+            "explanation": plots.plot_explanation(why, directory / "explanation.png"),
+            "weights": plots.plot_first_layer_weights(model.parameters()[0].data,
+                                                      directory / "first_layer_weights.png")}
 
 
 # ----------------------------------------------------------------------------- files
@@ -652,6 +686,8 @@ def _check_meta(meta: Any) -> dict[str, Any]:
     if meta.get("format") != FORMAT:
         raise ValueError(f"metadata format is {meta.get('format')!r}, expected {FORMAT!r}")
     config = meta.get("config")
+    if isinstance(config, dict):
+        config.setdefault("shift", 0)  # checkpoints from before augmentation trained without it
     fields = {f.name for f in dataclasses.fields(TrainConfig)}
     if not isinstance(config, dict) or set(config) != fields:
         raise ValueError(f"metadata 'config' must be an object with the keys {sorted(fields)}")
