@@ -54,7 +54,7 @@ class TrainConfig:
     """Everything that decides a run's numbers (and is stored in its checkpoint)."""
 
     hidden: tuple[int, ...] = (512, 256)
-    epochs: int = 10
+    epochs: int = 25
     batch_size: int = 128
     optimizer: str = "sgd"  # "sgd" (Nesterov momentum) or "adam"
     lr: float = 0.1
