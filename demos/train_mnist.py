@@ -14,8 +14,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a ch
 from tinygrad_mnist import Tensor, draw_graph
 from tinygrad_mnist.data import load_mnist
 from tinygrad_mnist.nn import MLP, cross_entropy
-from tinygrad_mnist.plots import plot_predictions
-from tinygrad_mnist.train import TrainConfig, train
+from tinygrad_mnist.train import RUN_FILES, TrainConfig, train
 
 
 def main() -> None:
@@ -25,14 +24,13 @@ def main() -> None:
     parser.add_argument("--data-dir", default=None)
     args = parser.parse_args()
     out = Path(args.out_dir)
-    if (out / "checkpoint.npz").exists():
+    if any((out / name).exists() for name in RUN_FILES):
         sys.exit(f"{out} already holds a run; pass another --out-dir")
 
     print("1. The data: 28x28 grey digits, each with its true label.")
     data = load_mnist(args.data_dir)
-    print(f"   {len(data.train_x)} training, {len(data.val_x)} validation, {len(data.test_x)} test digits")
-    plot_predictions(data.test_x[:16], data.test_y[:16], data.test_y[:16], out / "digits.png",
-                     title="MNIST test digits and their labels")
+    print(f"   {len(data.train_x)} training, {len(data.val_x)} validation, {len(data.test_x)} test digits"
+          f" (the first ones are drawn in {out / 'digits.png'} after training)")
 
     print("2. The model's graph for a batch of 4: what backward() walks through.")
     model = MLP([784, 16, 10], seed=0)
@@ -44,8 +42,9 @@ def main() -> None:
 
     print(f"3. Training the MLP 784-512-256-10 for {args.epochs} epochs.")
     summary = train(TrainConfig(epochs=args.epochs), out, data=data)
-    print(f"4. Test accuracy {100 * summary['test_acc']:.2f}%. Pictures:")
-    pictures = [out / "digits.png", *map(Path, summary["pictures"])]
+    print(f"4. Test accuracy {100 * summary['test_acc']:.2f}%. Pictures, and the report "
+          f"{out / 'report.html'}:")
+    pictures = [Path(p) for p in summary["pictures"]]
     for p in pictures:
         print(f"   {p}")
     if os.environ.get("DISPLAY") and os.environ.get("MPLBACKEND", "").lower() != "agg":
