@@ -110,7 +110,7 @@ class EngineTrainer:
     def load(self, params):
         names = [name for name, _ in self.model.named_parameters()]
         self.model.load_state_dict(dict(zip(names, [a for pair in params for a in pair])))
-        self.opt.velocity = [None] * len(self.opt.params)
+        self.opt.load_state_dict({"steps": np.array(0)})  # no momenta, step count 0
 
     def set_lr(self, lr):
         self.opt.lr = lr

@@ -511,3 +511,13 @@ def test_scope_is_restored_when_forward_raises():
         model(Tensor(np.zeros((1, 5))))
     out = Tensor(np.ones(2), requires_grad=True) * 2
     assert out._ctx.scope == ()
+
+
+def test_load_state_dict_stores_c_order_copies():
+    """A transposed (F-order) source must not leave a strided weight behind: every optimizer
+    update of it would walk memory with a stride."""
+    layer = Linear(4, 3)
+    source = np.asfortranarray(np.arange(12, dtype=np.float32).reshape(4, 3))
+    layer.load_state_dict({"weight": source, "bias": np.zeros(3, np.float32)})
+    assert layer.weight.data.flags.c_contiguous and layer.weight.data is not source
+    np.testing.assert_array_equal(layer.weight.data, source)

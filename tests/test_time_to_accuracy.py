@@ -75,7 +75,7 @@ def test_engine_and_handwritten_take_identical_momentum_steps(mnist):
         np.testing.assert_array_equal(g, w)
         assert not np.array_equal(g, w0)
     engine.load(init)  # load undoes the warm-up: weights and momenta
-    assert engine.opt.velocity == [None] * 6
+    assert engine.opt.state == [{}] * 6 and engine.opt.steps == 0
     np.testing.assert_array_equal(engine.model.parameters()[0].data, init[0][0])
 
 

@@ -94,7 +94,9 @@ def _checked_parameter(name: str, value: Any, p: Tensor) -> np.ndarray:
         raise ValueError(f"state_dict[{name!r}] has shape {array.shape}, "
                          f"the model's parameter has shape {p.shape}")
     with np.errstate(over="ignore"):  # a float64 beyond float32's range: refused just below
-        array = array.astype(p.dtype, copy=True)
+        # C order whatever the source's layout: a transposed (F-order) weight would make every
+        # in-place optimizer update a strided walk (measured +10 % per step on 784-128-10)
+        array = array.astype(p.dtype, order="C", copy=True)
     if not np.isfinite(array).all():
         raise ValueError(f"state_dict[{name!r}] holds NaN or infinite values (after conversion "
                          f"to {p.dtype}); expected finite numbers")
