@@ -26,8 +26,8 @@ def data():
 
 
 def history(epochs: int) -> list[dict]:
-    return [dict(epoch=e, train_loss=1.0 / e, train_acc=0.9 + 0.005 * e, val_loss=1.2 / e,
-                 val_acc=0.88 + 0.005 * e, lr=0.1, seconds=2.0) for e in range(1, epochs + 1)]
+    return [{"epoch": e, "train_loss": 1.0 / e, "train_acc": 0.9 + 0.005 * e, "val_loss": 1.2 / e,
+                 "val_acc": 0.88 + 0.005 * e, "lr": 0.1, "seconds": 2.0} for e in range(1, epochs + 1)]
 
 
 def assert_png(path) -> None:
@@ -56,7 +56,7 @@ def test_every_plot_writes_a_png_creating_its_directory(tmp_path, data):
 
 
 def test_failed_write_keeps_the_old_file_and_leaves_no_temp_file(tmp_path, data, monkeypatch):
-    images, labels, preds = data
+    _images, labels, preds = data
     path = plots.plot_confusion_matrix(labels, preds, tmp_path / "c.png")
     before = path.read_bytes()
 
@@ -192,7 +192,8 @@ def test_first_layer_weights_symmetric_colours_per_unit():
     (lambda d, p: plots.plot_confusion_matrix(d[1], d[2] + 10, p), r"preds must lie in \[0, 10\)"),
     (lambda d, p: plots.plot_confusion_matrix(d[1] * 0.5, d[2], p), "labels must be integer"),
     (lambda d, p: plots.plot_confusion_matrix(d[1][:0], d[2][:0], p), "labels is empty"),
-    (lambda d, p: plots.plot_confident_mistakes(d[0], d[1], np.ones(12), p), r"probs must be \(N, n_classes\)"),
+    (lambda d, p: plots.plot_confident_mistakes(d[0], d[1], np.ones(12), p),
+     r"probs must be \(N, n_classes\)"),
     (lambda d, p: plots.plot_confident_mistakes(d[0], d[1], np.ones((12, 10)), p, k=0), "k must be"),
     (lambda d, p: plots.plot_first_layer_weights(np.ones((10, 784)), p), r"weight must be \(784, H\)"),
     (lambda d, p: plots.plot_first_layer_weights(np.ones((784, 3)), p, n=-1), "n must be a positive"),
@@ -203,3 +204,51 @@ def test_bad_input_raises_value_error_and_writes_nothing(tmp_path, data, call, m
     with pytest.raises(ValueError, match=message):
         call(data, tmp_path / "x.png")
     assert list(tmp_path.iterdir()) == []
+
+
+# --------------------------------------------------------------------------- plot_explanation
+
+
+def _explanation(label, hidden=(12, 6)):
+    from tinygrad_mnist.explain import explain
+    from tinygrad_mnist.nn import MLP
+    digit = np.random.default_rng(2).random((28, 28), dtype=np.float32)
+    return explain(MLP([784, *hidden, 10], seed=0), digit, label=label)
+
+
+def _texts(fig) -> str:
+    """Every title, axis caption and in-plot text of the figure, joined."""
+    parts = [fig._suptitle.get_text()] if fig._suptitle else []
+    for ax in fig.axes:
+        parts += [ax.get_title(loc="left"), ax.get_xlabel()] + [t.get_text() for t in ax.texts]
+    return "\n".join(parts)
+
+
+def test_explanation_reads_left_to_right_with_a_backprop_step(tmp_path):
+    e = _explanation(label=3)
+    fig = plots._explanation_figure(e)
+    headings = [ax.get_title(loc="left") for ax in fig.axes if ax.get_title(loc="left")]
+    assert headings == ["1. the digit goes in", "2. hidden layer 1: 12 neurons",
+                        "3. hidden layer 2: 6 neurons", "4. ten output neurons",
+                        "5. which pixels mattered for “3”", "6. one backprop step toward “3”"]
+    text = _texts(fig)
+    assert "← prediction" in text and "true label 3" in fig._suptitle.get_text()
+    assert f"{e.probs[3]:.0%} → {e.after_step.probs[3]:.0%}  ← true label" in text
+    n_fired = int((e.layers[0].post > 0).sum())
+    assert f"{n_fired} of 12 neurons fire" in text
+    saliency_ax = fig.axes[8]
+    np.testing.assert_array_equal(saliency_ax.images[0].get_array(), e.saliency)
+    lo, hi = saliency_ax.images[0].get_clim()
+    assert lo == -hi == -np.abs(e.saliency).max()  # symmetric: white means "no effect"
+    assert_png(plots.plot_explanation(e, tmp_path / "explain.png"))
+
+
+def test_explanation_without_label_has_no_step_panel():
+    fig = plots._explanation_figure(_explanation(label=None, hidden=(8,)))
+    headings = [ax.get_title(loc="left") for ax in fig.axes if ax.get_title(loc="left")]
+    assert len(headings) == 4 and "backprop step" not in _texts(fig)
+    assert "true label" not in _texts(fig)
+
+
+def test_activation_grid_is_a_rectangle_when_it_can_be():
+    assert [plots._grid_columns(n) for n in (32, 512, 256, 16, 10, 31)] == [8, 32, 16, 4, 5, 6]

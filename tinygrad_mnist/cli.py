@@ -87,14 +87,37 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--batch-size", type=_positive_int, default=4)
     g.add_argument("--hidden", type=_hidden, default=(16,), help="hidden sizes (default 16)")
     data_flag(g)
+
+    x = sub.add_parser("explain", help="one digit inside the network, and one backprop step",
+                       description="Show one digit going through the network (activations, "
+                       "probabilities, which pixels mattered) and what one backprop step on it "
+                       "does. Default: the first test digit the model gets wrong.")
+    x.add_argument("checkpoint", help="a checkpoint.npz written by `train`")
+    x.add_argument("--index", type=int, default=None, help="index of the MNIST digit (default: "
+                   "the first one the model gets wrong)")
+    x.add_argument("--split", choices=["test", "train"], default="test", help="where --index "
+                   "points (default %(default)s)")
+    x.add_argument("--image", default=None, help="a PNG or JPEG of a digit instead of MNIST")
+    x.add_argument("--label", type=int, default=None, help="the digit's true label (default: "
+                   "MNIST's; none for --image)")
+    x.add_argument("--lr", type=float, default=0.1, help="learning rate of the backprop step")
+    x.add_argument("--out", default="explanation.png", help="PNG to write (default %(default)s)")
+    x.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    data_flag(x)
+
+    r = sub.add_parser("report", help="rebuild a run's report.html",
+                       description="Write RUN_DIR/report.html from the run's checkpoint and "
+                       "metrics: one self-contained page that tells the run's story.")
+    r.add_argument("run_dir", help="a run directory written by `train`")
+    data_flag(r)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        return {"train": _train, "eval": _eval, "predict": _predict, "graph": _graph}[
-            args.command](args)
+        return {"train": _train, "eval": _eval, "predict": _predict, "graph": _graph,
+                "explain": _explain, "report": _report}[args.command](args)
     except KeyboardInterrupt:
         return 130
     except (OSError, ValueError, RuntimeError) as e:  # user-facing problems: one clear line
@@ -165,6 +188,55 @@ def _graph(args: argparse.Namespace) -> int:
     loss.backward()
     draw_graph(loss, path=args.out)
     print(f"graph of the loss of MLP {model.sizes} on a batch of {args.batch_size}: {args.out}")
+    return 0
+
+
+def _explain(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from .explain import explain
+    from .plots import plot_explanation
+    from .train import predict_proba
+    out = Path(args.out)
+    if out.exists() and not args.overwrite:
+        raise ValueError(f"{out} already exists; pass --overwrite to replace it, or choose "
+                         f"another --out")
+    if args.image is not None and args.index is not None:
+        raise ValueError("give --image or --index, not both")
+    ckpt, data = _load(args)
+    if args.image is not None:
+        image, label, what = args.image, args.label, f"image {args.image}"
+    else:
+        x, y = (data.test_x, data.test_y) if args.split == "test" else (data.train_x, data.train_y)
+        index = args.index
+        if index is None:
+            wrong = (predict_proba(ckpt.model, x).argmax(axis=1) != y).nonzero()[0]
+            index = int(wrong[0]) if len(wrong) else 0
+        if not 0 <= index < len(x):
+            raise ValueError(f"--index must be in [0, {len(x)}) for the {args.split} split, "
+                             f"got {index}")
+        image, label = x[index], int(y[index]) if args.label is None else args.label
+        what = f"{args.split} digit {index}"
+    e = explain(ckpt.model, image, label=label, lr=args.lr)
+    verdict = "" if label is None else (" (right)" if e.prediction == label else " (wrong)")
+    print(f"{what}: " + ("" if label is None else f"true label {label}, ") +
+          f"predicted {e.prediction}{verdict}")
+    for digit, p in enumerate(e.probs):
+        marks = (["prediction"] if digit == e.prediction else []) + \
+            (["true label"] if digit == label else [])
+        print(f"  {digit}: {100 * p:5.1f}%" + (f"  <- {', '.join(marks)}" if marks else ""))
+    if e.after_step is not None:
+        step = e.after_step
+        print(f"one backprop step (SGD, lr {step.lr:g}) on this digit: p({label}) "
+              f"{100 * e.probs[label]:.1f}% -> {100 * step.probs[label]:.1f}%, loss "
+              f"{step.loss_before:.3f} -> {max(step.loss_after, 0.0) + 0.0:.3f}")
+    print(f"picture: {plot_explanation(e, out)}")
+    return 0
+
+
+def _report(args: argparse.Namespace) -> int:
+    from .report import write_report
+    print(f"report: {write_report(args.run_dir, data_dir=args.data_dir)}")
     return 0
 
 
