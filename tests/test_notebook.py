@@ -122,6 +122,20 @@ def test_the_training_runs_learn(executed):
     assert len(list(outputs_of(pictures, "image/png"))) == 3
 
 
+def test_one_backprop_step_moves_the_digit_toward_its_label(executed):
+    text = "".join(outputs_of(cell_with(executed, "ex = explain(")))
+    label = int(text.split("true label ")[1].split(",")[0])
+    before, after = text.split(f"p({label}) ")[1].split("%")[:2]
+    assert float(after.split("-> ")[1]) > float(before)
+    assert len(list(outputs_of(cell_with(executed, "plot_explanation("), "image/png"))) == 1
+
+
+def test_the_weight_change_is_the_digit_times_one_number_per_unit(executed):
+    text = "".join(outputs_of(cell_with(executed, "np.outer(x_in, scale)")))
+    residual, largest = (float(w.strip("()")) for w in text.split() if "e-" in w)
+    assert residual < 1e-4 * largest
+
+
 def test_the_committed_notebook_has_its_outputs_and_stays_small(nbformat):
     assert NOTEBOOK.stat().st_size < MAX_BYTES
     nb = nbformat.read(NOTEBOOK, as_version=4)
