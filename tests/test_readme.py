@@ -8,11 +8,14 @@ working directory, as a reader runs them in one session: a later block may use w
 earlier one defined. Running one block alone runs the earlier blocks of its section first.
 
 A block that mentions MNIST (other than in the package name) gets $TINYGRAD_MNIST_DATA set
-to the test copy; matplotlib draws with Agg. A missing `dot` binary or TensorFlow skips the
+to the test copy (the `mnist_dir` fixture); any other block gets it too when that copy is at
+hand without a download, so `train(...)` without a data dir also reads it. Matplotlib draws
+with Agg. A missing `dot` binary or TensorFlow skips the
 block locally and fails it in CI, as everywhere else in the suite.
 """
 from __future__ import annotations
 
+import os
 import re
 import traceback
 from dataclasses import dataclass, field
@@ -20,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import ROOT, require
+from conftest import DEFAULT_MNIST, ROOT, require
 
 README = ROOT / "README.md"
 FENCE = re.compile(r"^(?P<indent>[ \t]*)(?P<fence>`{3,}|~{3,})[ \t]*(?P<info>[^`\n]*)$")
@@ -123,6 +126,8 @@ def test_readme_block_runs(block: Block, sessions: dict[str, Session], tmp_path_
     section_blocks = [b for b in BLOCKS if b.section == block.section]
     if any(needs_mnist(b.code) for b in section_blocks[:block.index + 1]):
         monkeypatch.setenv("TINYGRAD_MNIST_DATA", str(request.getfixturevalue("mnist_dir")))
+    elif "TINYGRAD_MNIST_DATA" not in os.environ and (DEFAULT_MNIST / "train-images-idx3-ubyte.gz").exists():
+        monkeypatch.setenv("TINYGRAD_MNIST_DATA", str(DEFAULT_MNIST))  # e.g. train() without a data dir
     for earlier in section_blocks[session.done:block.index]:  # when run alone, e.g. with -k
         if session.failed is None:
             try:
