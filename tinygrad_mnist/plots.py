@@ -48,6 +48,12 @@ def plot_learning_curves(history: list[dict], path: str | os.PathLike) -> Path:
     return _save(_learning_curves_figure(history), path)
 
 
+def plot_digits(images: np.ndarray, labels: np.ndarray, path: str | os.PathLike,
+                title: str | None = None, ncols: int = 8) -> Path:
+    """A grid of digits, each titled with its label: what the data looks like."""
+    return _save(_digits_figure(images, labels, title, ncols), path)
+
+
 def plot_predictions(images: np.ndarray, labels: np.ndarray, preds: np.ndarray,
                      path: str | os.PathLike, probs: np.ndarray | None = None,
                      title: str | None = None, ncols: int = 8) -> Path:
@@ -156,6 +162,24 @@ def _predictions_figure(images: np.ndarray, labels: np.ndarray, preds: np.ndarra
     return fig
 
 
+def _digits_figure(images: np.ndarray, labels: np.ndarray, title: str | None,
+                   ncols: int) -> Figure:
+    images = _check_images(images)
+    labels = _check_vector("labels", labels, len(images))
+    ncols = min(_check_positive_int("ncols", ncols), len(images))
+    nrows = math.ceil(len(images) / ncols)
+    fig = Figure(figsize=(1.3 * ncols, 1.4 * nrows + (0.4 if title else 0)), layout="constrained")
+    for i, ax in enumerate(fig.subplots(nrows, ncols, squeeze=False).ravel()):
+        if i >= len(images):
+            ax.set_axis_off()
+            continue
+        _show_digit(ax, images[i])
+        ax.set_title(f"label {int(labels[i])}", fontsize=9)
+    if title:
+        fig.suptitle(title)
+    return fig
+
+
 def _confusion_figure(labels: np.ndarray, preds: np.ndarray, n_classes: int) -> Figure:
     """Counts as a heat map with numbers, white on dark cells and black on light ones."""
     counts = confusion_matrix(labels, preds, n_classes)
@@ -189,7 +213,7 @@ def _weights_figure(weight: np.ndarray, n: int | None) -> Figure:
     n = hidden if n is None else min(_check_positive_int("n", n), hidden)
     ncols = math.ceil(math.sqrt(n))
     nrows = math.ceil(n / ncols)
-    fig = Figure(figsize=(1.1 * ncols, 1.2 * nrows + 0.5), layout="constrained")
+    fig = Figure(figsize=(max(1.1 * ncols, 7.0), 1.2 * nrows + 0.5), layout="constrained")  # title fits
     axes = fig.subplots(nrows, ncols, squeeze=False).ravel()
     for unit, ax in enumerate(axes):
         if unit >= n:
@@ -210,7 +234,7 @@ def _explanation_figure(e: Explanation) -> Figure:
     hidden = [layer for layer in e.layers if layer.post is not None]
     n_panels = 3 + len(hidden) + (e.after_step is not None)
     ratios = [r for _ in range(n_panels) for r in (1.0, 0.16)][:-1]
-    fig = Figure(figsize=(3.3 * n_panels + 0.5, 5.4), layout="constrained")
+    fig = Figure(figsize=(3.9 * n_panels + 0.5, 6.0), layout="constrained")
     axes = fig.subplots(1, len(ratios), gridspec_kw={"width_ratios": ratios})
     panels, arrows = list(axes[::2]), list(axes[1::2])
     for ax in arrows:
@@ -271,7 +295,7 @@ def _explanation_figure(e: Explanation) -> Figure:
     title = f"How the network reads one digit: predicted {pred}"
     if e.label is not None:
         title += f", true label {e.label}" + (" (right)" if pred == e.label else " (a mistake)")
-    fig.suptitle(title, fontsize=14)
+    fig.suptitle(title, fontsize=16)
     return fig
 
 
@@ -296,7 +320,7 @@ def _probability_bars(ax, probs: np.ndarray, pred: int, label: int | None,
         else:
             continue
         ax.text(max(probs[d], 0 if before is None else before[d]) + 0.03, d, text, va="center",
-                fontsize=8.5, color=WRONG_COLOR if wrong and marks else "black")
+                fontsize=10, color=WRONG_COLOR if wrong and marks else "black")
     ax.set_yticks(digits)
     ax.set_ylim(len(probs) - 0.5, -0.5)
     ax.set_xlim(0, 1.75)
@@ -315,8 +339,8 @@ def _grid_columns(n: int) -> int:
 
 
 def _panel_text(ax, heading: str, caption: str) -> None:
-    ax.set_title(heading, fontsize=11, fontweight="bold", loc="left")
-    ax.set_xlabel(caption, fontsize=8.5, loc="left", labelpad=8)
+    ax.set_title(heading, fontsize=13, fontweight="bold", loc="left")
+    ax.set_xlabel(caption, fontsize=10.5, loc="left", labelpad=8)
 
 
 def _no_ticks(ax) -> None:

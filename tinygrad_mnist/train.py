@@ -170,6 +170,8 @@ def train(config: TrainConfig, run_dir: str | os.PathLike, data: MNIST | None = 
     if plots:
         summary["pictures"] = [str(p) for p in draw_pictures(model, data, history, run_dir)]
         log(f"pictures in {run_dir}")
+        from .report import write_report
+        log(f"report: {write_report(run_dir, data=data)}")
     return summary
 
 

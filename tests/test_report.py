@@ -1,0 +1,124 @@
+"""The run's report page: built by `train`, rebuilt by `tinygrad-mnist report`, checked in Chromium."""
+import html
+import os
+import re
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from tinygrad_mnist import nn, report
+from tinygrad_mnist.nn import MLP
+from tinygrad_mnist.train import TrainConfig, train
+
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.fixture(scope="module")
+def run(mnist_dir, tmp_path_factory):
+    """A small real run with pictures on, so `train` itself writes report.html."""
+    run_dir = tmp_path_factory.mktemp("run")
+    config = TrainConfig(hidden=(32,), epochs=2, train_limit=3000, val_size=1000)
+    lines = []
+    train(config, run_dir, data_dir=mnist_dir, progress=False, log=lines.append)
+    assert f"report: {run_dir / 'report.html'}" in lines
+    return run_dir
+
+
+@pytest.fixture(scope="module")
+def page(run) -> str:
+    return (run / "report.html").read_text(encoding="utf-8")
+
+
+def test_page_is_self_contained(page, dot_binary):
+    assert "<script" not in page.lower() and "<link" not in page.lower()
+    assert not re.search(r"""(src|href)\s*=\s*["']?(https?:)?//""", page)  # nothing fetched
+    sources = re.findall(r"<img[^>]*\ssrc=\"([^\"]*)\"", page)
+    assert len(sources) == 7 and all(s.startswith("data:image/png;base64,") for s in sources)
+    assert page.count("<svg") == 1 and "Affine" in page and "CrossEntropy" in page
+
+
+def test_sections_come_in_the_story_order(page):
+    positions = [page.find(f'<section id="{name}">') for name in report.SECTIONS]
+    assert -1 not in positions and positions == sorted(positions)
+    assert positions[0] > page.find("test accuracy")
+
+
+def test_gradient_check_rows_are_in_the_page_and_agree(page):
+    rows = re.findall(r"<tr><td class=\"name\">(.*?)</td>.*?</tr>", page, re.DOTALL)
+    assert [html.unescape(r) for r in rows] == ["Linear(784→32)"] * 6 + ["Linear(32→10)"] * 6
+    errors = [float(e) for e in re.findall(r'<td class="ok">([0-9.e+-]+)</td></tr>', page)]
+    assert len(errors) == 12 and max(errors) < 1e-5 and 'class="bad"' not in page
+
+
+def test_gradient_check_finds_a_wrong_gradient_and_leaves_the_model_alone(monkeypatch):
+    rng = np.random.default_rng(0)
+    x, y = rng.random((8, 784), dtype=np.float32), rng.integers(0, 10, 8)
+    model = MLP([784, 16, 10], seed=0)
+    before = {k: v.tobytes() for k, v in model.state_dict().items()}
+    good = report.gradient_check(model, x, y)
+    assert len(good) == 12 and max(r.relative_error for r in good) < 1e-5
+    assert {k: v.tobytes() for k, v in model.state_dict().items()} == before
+    assert all(p.grad is None for p in model.parameters())
+    right = nn.Affine.backward
+
+    def wrong(ctx, out, g):  # a 1 % error in every weight gradient
+        gx, gw, gb = right(ctx, out, g)
+        return gx, gw * 1.01, gb
+
+    monkeypatch.setattr(nn.Affine, "backward", wrong)
+    bad = report.gradient_check(model, x, y)
+    assert all(r.relative_error > 5e-3 for r in bad if r.parameter.endswith("weight"))
+    assert all(r.relative_error < 1e-5 for r in bad if r.parameter.endswith("bias"))
+
+
+def cli(*args):
+    env = {**os.environ, "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1"}
+    return subprocess.run([sys.executable, "-m", "tinygrad_mnist.cli", *map(str, args)],
+                          check=False, capture_output=True, text=True, env=env, timeout=300)
+
+
+def test_report_command_rebuilds_the_page(run, mnist_dir, tmp_path):
+    (run / "report.html").rename(tmp_path / "old.html")
+    result = cli("report", run, "--data-dir", mnist_dir)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == f"report: {run / 'report.html'}"
+    assert (run / "report.html").read_text() == (tmp_path / "old.html").read_text()
+    assert sorted(p.name for p in run.iterdir() if p.name.startswith(".")) == []  # no temp files
+    missing = cli("report", tmp_path / "nothing")
+    assert missing.returncode == 1 and len(missing.stderr.strip().splitlines()) == 1
+    assert "checkpoint not found" in missing.stderr and "Traceback" not in missing.stderr
+
+
+def test_a_failed_rebuild_keeps_the_old_page(run, mnist_dir, monkeypatch):
+    before = (run / "report.html").read_bytes()
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("template broke")
+
+    monkeypatch.setattr(report, "render_report", broken)
+    with pytest.raises(RuntimeError, match="template broke"):
+        report.write_report(run, data_dir=mnist_dir)
+    assert (run / "report.html").read_bytes() == before
+
+
+def test_page_in_a_real_browser(run, browser, tmp_path):
+    browser.get_log("browser")  # drop what earlier pages logged
+    browser.set_window_size(1280, 1000)
+    browser.get((run / "report.html").as_uri())
+    severe = [entry for entry in browser.get_log("browser") if entry["level"] == "SEVERE"]
+    assert severe == []
+    widths = browser.execute_script(
+        "return Array.from(document.images).map(i => i.complete ? i.naturalWidth : 0)")
+    assert len(widths) == 7 and min(widths) > 0
+    for name in report.SECTIONS:
+        section = browser.find_element("id", name)
+        assert section.is_displayed() and section.size["height"] > 100, name
+    svg = browser.find_element("css selector", "#model svg")
+    assert svg.size["width"] > 300 and svg.size["height"] > 100
+    height = browser.execute_script("return document.body.scrollHeight")
+    browser.set_window_size(1280, height + 100)  # the whole page in one screenshot
+    shot = tmp_path / "report.png"
+    assert browser.save_screenshot(str(shot)) and shot.read_bytes().startswith(PNG)
+    browser.set_window_size(1280, 1000)

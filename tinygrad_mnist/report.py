@@ -1,0 +1,157 @@
+"""A run's report: one self-contained HTML page that tells the story of a training run.
+
+The page is rebuilt from the run directory alone (the checkpoint holds the weights, the
+settings and the per-epoch metrics) plus MNIST. Pictures are PNGs embedded as data URIs and
+the computation graph is inline SVG, so the file works offline, mailed or archived, with no
+scripts at all. The numbers are computed here; the page layout is the Jinja2 template
+`templates/report.html.j2`.
+"""
+from __future__ import annotations
+
+import base64
+import copy
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from . import plots
+from .data import MNIST, load_mnist
+from .explain import explain
+from .files import atomic_write
+from .nn import Module, cross_entropy
+from .tensor import Tensor, grad, no_grad
+from .train import CHECKPOINT, Checkpoint, load_checkpoint, predict_proba
+
+REPORT = "report.html"
+SECTIONS = ("data", "model", "curves", "predictions", "confusion", "mistakes", "explanation",
+            "weights", "gradcheck")  # the page's section ids, in reading order
+
+
+@dataclass
+class GradCheckRow:
+    """One weight: the engine's gradient against a central finite difference."""
+
+    parameter: str  # e.g. "layers.0.weight"
+    layer: str  # the layer that holds it, e.g. "Linear(784→128)"
+    index: tuple[int, ...]
+    analytic: float
+    numerical: float
+    relative_error: float  # |analytic - numerical| / max(|analytic|, |numerical|)
+
+
+def write_report(run_dir: str | os.PathLike, data: MNIST | None = None,
+                 data_dir: str | os.PathLike | None = None) -> Path:
+    """Write RUN_DIR/report.html (atomically) from the run's checkpoint; returns its path."""
+    run_dir = Path(run_dir)
+    ckpt = load_checkpoint(run_dir / CHECKPOINT)
+    if data is None:
+        data = load_mnist(data_dir, val_size=ckpt.config.val_size, seed=ckpt.config.seed)
+    return atomic_write(run_dir / REPORT, render_report(ckpt, data, run_dir.name).encode("utf-8"))
+
+
+def render_report(ckpt: Checkpoint, data: MNIST, title: str = "run") -> str:
+    """The report page as an HTML string."""
+    from jinja2 import Environment, PackageLoader, select_autoescape
+    model = ckpt.model
+    probs = predict_proba(model, data.test_x)
+    preds = probs.argmax(axis=1)
+    wrong = np.flatnonzero(preds != data.test_y)
+    mistake = int(wrong[0]) if len(wrong) else 0
+    why = explain(model, data.test_x[mistake], label=int(data.test_y[mistake]))
+    with tempfile.TemporaryDirectory() as tmp:
+        def png(name: str, draw: Any, *args: Any, **kwargs: Any) -> str:
+            path = draw(*args, Path(tmp) / f"{name}.png", **kwargs)
+            return "data:image/png;base64," + base64.b64encode(path.read_bytes()).decode("ascii")
+
+        pictures = {  # a dozen or so digits each: enough to see, quick to draw
+            "data": png("data", plots.plot_digits, data.train_x[:16], data.train_y[:16], ncols=8),
+            "curves": png("curves", plots.plot_learning_curves, ckpt.history),
+            "predictions": png("predictions", plots.plot_predictions, data.test_x[:12],
+                               data.test_y[:12], preds[:12], probs=probs[:12].max(axis=1), ncols=6),
+            "confusion": png("confusion", plots.plot_confusion_matrix, data.test_y, preds),
+            "mistakes": png("mistakes", plots.plot_confident_mistakes, data.test_x, data.test_y,
+                            probs, k=8),
+            "explanation": png("explanation", plots.plot_explanation, why),
+            "weights": png("weights", plots.plot_first_layer_weights, model.parameters()[0].data,
+                           n=16),
+        }
+    check = gradient_check(model, data.test_x[:8], data.test_y[:8])
+    env = Environment(loader=PackageLoader("tinygrad_mnist", "templates"),
+                      autoescape=select_autoescape(["html", "j2"]))
+    return env.get_template("report.html.j2").render(
+        title=title, config=ckpt.config, epochs=ckpt.epoch, history=ckpt.history,
+        sizes=model.sizes, n_params=sum(p.size for p in model.parameters()),
+        n_train=len(data.train_x[:ckpt.config.train_limit]), n_val=len(data.val_x),
+        n_test=len(data.test_x), test_acc=float((preds == data.test_y).mean()),
+        n_wrong=len(wrong), pictures=pictures, graph_svg=_graph_svg(model, data),
+        mistake=mistake, why=why, check=check,
+        worst_error=max(row.relative_error for row in check), sections=SECTIONS)
+
+
+def gradient_check(model: Module, x: np.ndarray, y: np.ndarray, per_parameter: int = 3,
+                   eps: float = 1e-6, seed: int = 0) -> list[GradCheckRow]:
+    """Backprop's gradient of the batch loss against central finite differences, for a few
+    randomly chosen weights of each parameter, on a float64 copy of the model (eval mode).
+    The model passed in is not changed."""
+    twin = copy.deepcopy(model).eval()
+    for p in twin.parameters():
+        p.data, p.grad = p.data.astype(np.float64), None
+    inputs = Tensor(np.asarray(x, dtype=np.float64))
+
+    def loss() -> Tensor:
+        return cross_entropy(twin(inputs), y)
+
+    named = list(twin.named_parameters())
+    analytic = grad(loss(), [p for _, p in named])
+    rng = np.random.default_rng(seed)
+    rows = []
+    for (name, p), g in zip(named, analytic):
+        g_data = np.zeros(p.shape) if g is None else g.data
+        nonzero = np.flatnonzero(g_data)  # weights the batch touches (not dead pixels)
+        pool = nonzero if len(nonzero) >= per_parameter else np.arange(p.size)
+        for j in np.sort(rng.permutation(pool)[:per_parameter]):
+            flat, orig = p.data.reshape(-1), p.data.flat[j]
+            with no_grad():
+                flat[j] = orig + eps
+                up = loss().item()
+                flat[j] = orig - eps
+                down = loss().item()
+                flat[j] = orig
+            numerical, a = (up - down) / (2 * eps), float(g_data.flat[j])
+            scale = max(abs(a), abs(numerical))
+            rows.append(GradCheckRow(name, _owner(twin, name), tuple(int(i) for i in
+                                     np.unravel_index(j, p.shape)), a, numerical,
+                                     abs(a - numerical) / scale if scale else 0.0))
+    return rows
+
+
+def _owner(model: Module, parameter: str) -> str:
+    """The graph label of the module holding a parameter ("layers.0.weight" -> "Linear(784→128)")."""
+    module: Any = model
+    for part in parameter.split(".")[:-1]:
+        module = module[int(part)] if part.isdigit() else getattr(module, part)
+    return module.scope_label() or type(module).__name__
+
+
+def _graph_svg(model: Module, data: MNIST, batch: int = 2) -> str:
+    """The loss graph of the trained model on two test digits, as inline SVG markup."""
+    import graphviz
+
+    from .graph import draw_graph, retain_grads
+    model = copy.deepcopy(model).eval()
+    pixels = Tensor(data.test_x[:batch], name=f"pixels of {batch} digits")
+    loss = cross_entropy(model(pixels), data.test_y[:batch])
+    loss.name = "loss"
+    retain_grads(loss)
+    loss.backward()
+    try:
+        svg = draw_graph(loss).pipe(format="svg").decode("utf-8")
+    except graphviz.ExecutableNotFound:
+        return ('<p class="note">(The graph picture needs the Graphviz <code>dot</code> program: '
+                'install it with <code>apt-get install graphviz</code> and run '
+                '<code>tinygrad-mnist report</code> again.)</p>')
+    return svg[svg.index("<svg"):]  # drop the XML prolog and DOCTYPE: not allowed inside HTML
