@@ -10,8 +10,9 @@ earlier one defined. Running one block alone runs the earlier blocks of its sect
 A block that mentions MNIST (other than in the package name) gets $TINYGRAD_MNIST_DATA set
 to the test copy (the `mnist_dir` fixture); any other block gets it too when that copy is at
 hand without a download, so `train(...)` without a data dir also reads it. Matplotlib draws
-with Agg. A missing `dot` binary or TensorFlow skips the
-block locally and fails it in CI, as everywhere else in the suite.
+with Agg. A missing `dot` binary or TensorFlow skips the block locally and fails it in CI, as
+everywhere else in the suite. A failing block also fails the later blocks of its section,
+which build on it (their message names the block that failed).
 """
 from __future__ import annotations
 
