@@ -129,32 +129,38 @@ def test_readme_block_runs(block: Block, sessions: dict[str, Session], tmp_path_
         monkeypatch.setenv("TINYGRAD_MNIST_DATA", str(request.getfixturevalue("mnist_dir")))
     elif "TINYGRAD_MNIST_DATA" not in os.environ and (DEFAULT_MNIST / "train-images-idx3-ubyte.gz").exists():
         monkeypatch.setenv("TINYGRAD_MNIST_DATA", str(DEFAULT_MNIST))  # e.g. train() without a data dir
-    for earlier in section_blocks[session.done:block.index]:  # when run alone, e.g. with -k
+    run_in_section(block, section_blocks, session, str(README))
+
+
+def run_in_section(block: Block, section_blocks: list[Block], session: Session, filename: str) -> None:
+    """Run `block` in its section's session, after the earlier blocks not run yet (when it is
+    run alone, e.g. with -k); fail if one of those failed, or if it raises itself."""
+    for earlier in section_blocks[session.done:block.index]:
         if session.failed is None:
             try:
-                run_block(earlier, session.namespace, str(README))
+                run_block(earlier, session.namespace, filename)
             except Exception as e:
-                session.failed = f"README.md line {earlier.line}: {type(e).__name__}: {e}"
+                session.failed = f"line {earlier.line}: {type(e).__name__}: {e}"
         session.done = earlier.index + 1
     if session.failed is not None:
         pytest.fail(f"an earlier block of section {block.section!r} failed ({session.failed}), "
-                    "and this one builds on it")
+                    "and this one builds on it", pytrace=False)
     session.done = block.index + 1
     try:
-        run_block(block, session.namespace, str(README))
+        run_block(block, session.namespace, filename)
     except Exception as e:
-        session.failed = f"README.md line {block.line}: {type(e).__name__}: {e}"
+        session.failed = f"line {block.line}: {type(e).__name__}: {e}"
         error = e
     else:
         return
-    pytest.fail(f"README block of section {block.section!r} at line {block.line} raised:\n"
-                + readme_traceback(error), pytrace=False)
+    pytest.fail(f"block of section {block.section!r} at line {block.line} of {Path(filename).name} "
+                "raised:\n" + readme_traceback(error, filename), pytrace=False)
 
 
-def readme_traceback(e: BaseException) -> str:
+def readme_traceback(e: BaseException, filename: str) -> str:
     """The traceback from the README line down: what a reader needs, not pytest's page of it."""
     tb = e.__traceback__
-    while tb is not None and tb.tb_frame.f_code.co_filename != str(README):
+    while tb is not None and tb.tb_frame.f_code.co_filename != filename:
         tb = tb.tb_next
     return "".join(traceback.format_exception(type(e), e, tb))
 
@@ -218,3 +224,22 @@ def test_blocks_of_a_section_share_one_namespace():
 def test_only_real_mnist_use_asks_for_the_data():
     assert needs_mnist("from tinygrad_mnist.data import load_mnist")
     assert not needs_mnist("from tinygrad_mnist import Tensor  # tinygrad-mnist")
+
+
+def test_a_failing_block_fails_itself_and_the_blocks_after_it(tmp_path):
+    md = "## S\n```python\nx = 1\n```\n```python\ny = x / 0\n```\n```python\nz = y\n```\n"
+    first, broken, after = python_blocks(md)
+    session = Session(tmp_path)
+    run_in_section(first, [first, broken, after], session, "S.md")
+    assert session.namespace["x"] == 1
+    with pytest.raises(pytest.fail.Exception, match=r"(?s)line 6 of S.md raised.*ZeroDivisionError"):
+        run_in_section(broken, [first, broken, after], session, "S.md")
+    with pytest.raises(pytest.fail.Exception, match="an earlier block .* failed .line 6: ZeroDivision"):
+        run_in_section(after, [first, broken, after], session, "S.md")
+
+
+def test_a_block_run_alone_runs_the_earlier_blocks_of_its_section_first(tmp_path):
+    first, second = python_blocks("## S\n```python\nx = 2\n```\n```python\ny = x * 3\n```\n")
+    session = Session(tmp_path)
+    run_in_section(second, [first, second], session, "S.md")
+    assert session.namespace["y"] == 6 and session.done == 2
