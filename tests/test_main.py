@@ -4,10 +4,18 @@ import subprocess
 import sys
 
 
-def run_module(*args: str, cwd=None) -> subprocess.CompletedProcess:
+def run_module(*args: str, cwd=None, module: str = "tinygrad_mnist") -> subprocess.CompletedProcess:
     env = {**os.environ, "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1"}
-    return subprocess.run([sys.executable, "-m", "tinygrad_mnist", *args], capture_output=True,
+    return subprocess.run([sys.executable, "-m", module, *args], capture_output=True,
                           text=True, env=env, cwd=cwd, timeout=120)
+
+
+def test_same_output_as_the_console_scripts_entry_point():
+    """setup.cfg's console script is tinygrad_mnist.cli:main; both must print the same."""
+    for args in (["--help"], ["train", "--help"], ["train", "--epochs", "-1"]):
+        ours, theirs = run_module(*args), run_module(*args, module="tinygrad_mnist.cli")
+        assert (ours.returncode, ours.stdout, ours.stderr) == \
+            (theirs.returncode, theirs.stdout, theirs.stderr), args
 
 
 def test_help_lists_the_subcommands():
