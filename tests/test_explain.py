@@ -130,6 +130,9 @@ def test_explanation_turns_into_json(digit):
     assert d["probs"] == pytest.approx(e.probs.tolist())
     assert np.array(d["after_step"]["weight_change"]).shape == (784, 16)
     assert d["layers"][1]["post"] is None and len(d["layers"][0]["post"]) == 16
+    light = e.to_dict(weight_change=False)
+    assert "weight_change" not in light["after_step"] and light["probs"] == d["probs"]
+    assert explain(float64_mlp(), digit).to_dict(weight_change=False)["after_step"] is None
 
 
 def test_input_rules(mnist):

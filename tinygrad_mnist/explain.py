@@ -148,8 +148,13 @@ class Explanation:
     grad_norms: dict[str, float]  # parameter name ("layers.0.weight") -> norm of d loss / d param
     after_step: AfterStep | None  # only when a label is given
 
-    def to_dict(self) -> dict[str, Any]:
-        return _jsonable(self)
+    def to_dict(self, weight_change: bool = True) -> dict[str, Any]:
+        """Plain lists, floats and ints for json.dumps. The first layer's weight change is
+        784 x hidden numbers (megabytes of JSON for a big layer): weight_change=False drops it."""
+        d = _jsonable(self)
+        if d["after_step"] is not None and not weight_change:
+            del d["after_step"]["weight_change"]
+        return d
 
 
 def explain(model: Module, image: Any, label: int | None = None, lr: float = 0.1) -> Explanation:

@@ -139,19 +139,18 @@ def _owner(model: Module, parameter: str) -> str:
 
 def _graph_svg(model: Module, data: MNIST, batch: int = 2) -> str:
     """The loss graph of the trained model on two test digits, as inline SVG markup."""
-    import graphviz
-
-    from .graph import draw_graph, retain_grads
+    from .graph import GraphvizNotFound, draw_graph, render_to, retain_grads
     model = copy.deepcopy(model).eval()
     pixels = Tensor(data.test_x[:batch], name=f"pixels of {batch} digits")
     loss = cross_entropy(model(pixels), data.test_y[:batch])
     loss.name = "loss"
     retain_grads(loss)
     loss.backward()
-    try:
-        svg = draw_graph(loss).pipe(format="svg").decode("utf-8")
-    except graphviz.ExecutableNotFound:
-        return ('<p class="note">(The graph picture needs the Graphviz <code>dot</code> program: '
-                'install it with <code>apt-get install graphviz</code> and run '
-                '<code>tinygrad-mnist report</code> again.)</p>')
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            svg = render_to(draw_graph(loss), Path(tmp) / "graph.svg").read_text(encoding="utf-8")
+        except GraphvizNotFound:
+            return ('<p class="note">(The graph picture needs the Graphviz <code>dot</code> '
+                    'program: install it with <code>apt-get install graphviz</code> and run '
+                    '<code>tinygrad-mnist report</code> again.)</p>')
     return svg[svg.index("<svg"):]  # drop the XML prolog and DOCTYPE: not allowed inside HTML
