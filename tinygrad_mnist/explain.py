@@ -13,14 +13,15 @@ from dataclasses import dataclass, fields
 from typing import Any
 
 import numpy as np
+from PIL import Image, UnidentifiedImageError
 
 from .nn import Dropout, Linear, Module, ReLU, Sequential, cross_entropy
 from .optim import SGD
 from .tensor import Tensor, grad, no_grad
 
-SIDE = 28  # MNIST digits are 28x28 ...
-BOX = 20  # ... with the ink scaled to fit 20x20 and its centre of mass placed at the point
-CENTRE = 14.5  # 14.5 px from the top-left corner (pixel (14, 14)'s centre), as MNIST's are
+SIDE = 28  # MNIST digits are 28x28, the ink scaled to fit a BOX x BOX square, and its centre
+BOX = 20  # of mass CENTRE px from the top and left edges: the middle of pixel (14, 14),
+CENTRE = 14.5  # where the average MNIST digit's centre of mass lies
 
 
 # ----------------------------------------------------------------------------- the digit
@@ -57,10 +58,9 @@ def prepare_digit(image: Any) -> np.ndarray:
     cx = float(np.clip(cx, ink.shape[1] - (SIDE - CENTRE) / scale, half))
     pad = int(np.ceil(SIDE / scale)) + 1  # room around the ink, so the box below stays inside
     padded = np.pad(ink, pad).astype(np.float32)
-    from PIL import Image
     box = (cx + pad - half, cy + pad - half, cx + pad - half + SIDE / scale,
            cy + pad - half + SIDE / scale)
-    resized = Image.fromarray(padded, mode="F").resize((SIDE, SIDE), Image.Resampling.LANCZOS, box=box)
+    resized = Image.fromarray(padded).resize((SIDE, SIDE), Image.Resampling.LANCZOS, box=box)
     out = np.clip(np.asarray(resized, dtype=np.float32), 0.0, 1.0)  # Lanczos rings past the range
     if out.max() <= 0:
         raise ValueError("the image is blank: no ink is left at 28x28 pixels")
@@ -69,7 +69,6 @@ def prepare_digit(image: Any) -> np.ndarray:
 
 def _read_image(path: str | os.PathLike) -> np.ndarray:
     """Grey levels in [0, 1] of a picture file, transparent parts as white paper."""
-    from PIL import Image, UnidentifiedImageError
     try:
         with Image.open(path) as img:
             img.load()

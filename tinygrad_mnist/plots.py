@@ -234,7 +234,7 @@ def _explanation_figure(e: Explanation) -> Figure:
     hidden = [layer for layer in e.layers if layer.post is not None]
     n_panels = 3 + len(hidden) + (e.after_step is not None)
     ratios = [r for _ in range(n_panels) for r in (1.0, 0.16)][:-1]
-    fig = Figure(figsize=(3.9 * n_panels + 0.5, 6.0), layout="constrained")
+    fig = Figure(figsize=(3.5 * n_panels + 0.5, 6.6), layout="constrained")
     axes = fig.subplots(1, len(ratios), gridspec_kw={"width_ratios": ratios})
     panels, arrows = list(axes[::2]), list(axes[1::2])
     for ax in arrows:
@@ -247,7 +247,7 @@ def _explanation_figure(e: Explanation) -> Figure:
     ax = next(names)
     ax.imshow(e.input, cmap="gray", vmin=0, vmax=1, interpolation="nearest")
     _no_ticks(ax)
-    _panel_text(ax, "1. the digit goes in", "784 pixel brightnesses (28 × 28),\n"
+    _panel_text(ax, "1. the digit goes in", "784 pixel brightnesses (28 × 28):\n"
                 "white = ink = 1, black = 0")
 
     for i, layer in enumerate(hidden):
@@ -262,16 +262,16 @@ def _explanation_figure(e: Explanation) -> Figure:
         _no_ticks(ax)
         active = int(np.count_nonzero(post > 0))
         _panel_text(ax, f"{i + 2}. hidden layer {i + 1}: {post.size} neurons",
-                    f"one square per neuron, brighter = more active.\nEach adds up weighted "
-                    f"{'pixels' if i == 0 else 'activations'} + a bias;\nReLU turns negative sums "
-                    f"to 0 (black):\n{active} of {post.size} neurons fire")
+                    f"one square per neuron, brighter =\nmore active. Each adds up weighted\n"
+                    f"{'pixels' if i == 0 else 'activations'} + a bias; ReLU turns a\nnegative "
+                    f"sum to 0 (black).\n{active} of {post.size} neurons fire")
 
     ax = next(names)
     _probability_bars(ax, e.probs, pred, e.label)
     verdict = "" if e.label is None else \
         (" — right" if pred == e.label else f" — wrong, it is a {e.label}")
     _panel_text(ax, f"{len(hidden) + 2}. ten output neurons",
-                f"softmax turns them into probabilities;\nthe highest is the prediction: "
+                f"softmax turns them into\nprobabilities; the highest is the\nprediction: "
                 f"{pred}{verdict}")
 
     ax = next(names)
@@ -280,22 +280,22 @@ def _explanation_figure(e: Explanation) -> Figure:
     ax.contour(e.input, levels=[0.5], colors="0.35", linewidths=0.8)
     _no_ticks(ax)
     _panel_text(ax, f"{len(hidden) + 3}. which pixels mattered for “{target}”",
-                f"the gradient of log p({target}) per pixel, by backprop:\nred = more ink here "
-                f"makes “{target}” likelier,\nblue = less likely (grey line: the digit's outline)")
+                f"the gradient of log p({target}) per pixel,\nby backprop. Red: more ink here\n"
+                f"makes “{target}” likelier; blue: less.\nGrey line: the digit's outline")
 
     step = e.after_step
     if step is not None and e.label is not None:
         ax = next(names)
         _probability_bars(ax, step.probs, pred, e.label, before=e.probs)
         _panel_text(ax, f"{len(hidden) + 4}. one backprop step toward “{e.label}”",
-                    f"backprop gives each weight's share of the loss;\none SGD step (lr {step.lr:g}) "
-                    f"on this digit alone moves\nevery weight against it: loss {step.loss_before:.3g}"
-                    f" → {max(step.loss_after, 0.0) + 0.0:.3g}.\ngrey: before, blue: after. "
-                    f"(Training averages a batch\nof digits, so one digit moves it far less.)")
+                    f"backprop gives every weight its share\nof the loss; one SGD step (lr "
+                    f"{step.lr:g}) on\nthis digit alone: loss {step.loss_before:.3g} → "
+                    f"{max(step.loss_after, 0.0) + 0.0:.3g}.\nGrey: before, blue: after. Training "
+                    f"\naverages a batch of digits, so each\none moves the weights far less.")
     title = f"How the network reads one digit: predicted {pred}"
     if e.label is not None:
         title += f", true label {e.label}" + (" (right)" if pred == e.label else " (a mistake)")
-    fig.suptitle(title, fontsize=16)
+    fig.suptitle(title, fontsize=17)
     return fig
 
 
@@ -320,7 +320,7 @@ def _probability_bars(ax, probs: np.ndarray, pred: int, label: int | None,
         else:
             continue
         ax.text(max(probs[d], 0 if before is None else before[d]) + 0.03, d, text, va="center",
-                fontsize=10, color=WRONG_COLOR if wrong and marks else "black")
+                fontsize=10.5, color=WRONG_COLOR if wrong and marks else "black")
     ax.set_yticks(digits)
     ax.set_ylim(len(probs) - 0.5, -0.5)
     ax.set_xlim(0, 1.75)
@@ -339,8 +339,8 @@ def _grid_columns(n: int) -> int:
 
 
 def _panel_text(ax, heading: str, caption: str) -> None:
-    ax.set_title(heading, fontsize=13, fontweight="bold", loc="left")
-    ax.set_xlabel(caption, fontsize=10.5, loc="left", labelpad=8)
+    ax.set_title(heading, fontsize=14, fontweight="bold", loc="left")
+    ax.set_xlabel(caption, fontsize=12, loc="left", labelpad=8)
 
 
 def _no_ticks(ax) -> None:
