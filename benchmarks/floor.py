@@ -22,8 +22,9 @@ import os
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from .time_to_accuracy import RECIPE, machine_facts, set_threads
 from .train_speed import ROOT, numpy_info

@@ -225,7 +225,7 @@ def measure_overhead(chain: int = 100_000, number: int = 20_000, repeat: int = 5
     steps, step_us = number // 4, {}
     for name in ("engine", "numpy"):
         trainer = make_trainer(name, tiny)
-        step_us[name] = min(timeit.repeat(lambda: trainer.step(x, y), number=steps,
+        step_us[name] = min(timeit.repeat(lambda t=trainer: t.step(x, y), number=steps,
                                           repeat=repeat)) / steps * 1e6
 
     build, backward = [], []

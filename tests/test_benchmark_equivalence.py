@@ -8,8 +8,7 @@ import numpy as np
 import pytest
 
 from benchmarks import numpy_mlp
-from benchmarks.contenders import (accuracy, epoch_order, initial_params, make_trainer,
-                                   run_epoch)
+from benchmarks.contenders import accuracy, epoch_order, initial_params, make_trainer, run_epoch
 from benchmarks.train_speed import ROOT, check_targets, ratios
 from tinygrad_mnist.data import load_mnist
 from tinygrad_mnist.nn import MLP

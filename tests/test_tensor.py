@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import gc
 import operator
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 import pytest
@@ -16,8 +16,16 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from tinygrad_mnist import (Function, Tensor, grad, gradcheck, gradgradcheck, is_grad_enabled,
-                            no_grad, set_grad_enabled)
+from tinygrad_mnist import (
+    Function,
+    Tensor,
+    grad,
+    gradcheck,
+    gradgradcheck,
+    is_grad_enabled,
+    no_grad,
+    set_grad_enabled,
+)
 
 
 def rand(shape: tuple, low: float = -2.0, high: float = 2.0, seed: int = 0,
@@ -792,6 +800,21 @@ def test_a_backward_rule_with_a_wrong_shaped_gradient_is_an_error() -> None:
     with pytest.raises(RuntimeError, match=r"BadSum.backward returned a gradient of shape \(\) "
                                            r"for an input of shape \(3,\)"):
         BadSum.apply(x).sum().backward()
+
+
+def test_a_backward_rule_with_too_few_gradients_is_an_error() -> None:
+    class HalfMul(Function):
+        def forward(ctx, x, y):
+            ctx.save(x, y)
+            return x.data * y.data
+
+        def backward(ctx, out, g):
+            x, y = ctx.saved
+            return (g * y,)  # forgot y's gradient: zip would silently leave y.grad empty
+
+    x, y = rand((3,)), rand((3,))
+    with pytest.raises(RuntimeError, match=r"HalfMul.backward returned 1 gradients for 2 inputs"):
+        HalfMul.apply(x, y).sum().backward()
 
 
 def test_indexing_with_a_float_tensor_is_refused() -> None:

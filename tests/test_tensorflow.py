@@ -7,7 +7,8 @@ MLP — equal Hessian-vector products (our create_graph=True against nested tape
 """
 from __future__ import annotations
 
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 import pytest

@@ -13,6 +13,11 @@ import signal
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # the commands import what they need lazily: `--help` stays fast
+    from .data import MNIST
+    from .train import Checkpoint
 
 MAX_PREDICT = 100  # digits in one predictions picture: more is unreadable and slow to draw
 
@@ -226,7 +231,7 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
-def _load(args: argparse.Namespace):
+def _load(args: argparse.Namespace) -> tuple[Checkpoint, MNIST]:
     from .data import load_mnist
     from .train import load_checkpoint
     ckpt = load_checkpoint(args.checkpoint)

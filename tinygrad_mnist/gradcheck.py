@@ -6,7 +6,7 @@ promises. Finite differences need float64; in float32 the rounding error swamps 
 """
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 

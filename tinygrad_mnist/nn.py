@@ -145,11 +145,11 @@ class Affine(Function):
     then keeps one (N, out) array per layer instead of two, and one node's bookkeeping instead
     of two — about 3 % of a training step of the MLPs in the benchmark."""
 
-    def forward(ctx, x, w, b):
+    def forward(ctx, x: Tensor, w: Tensor, b: Tensor) -> np.ndarray:
         ctx.save(x, w, b)
         return x.data @ w.data + b.data
 
-    def backward(ctx, out, g):
+    def backward(ctx, out: Tensor, g: Tensor) -> tuple[Tensor | None, ...]:
         x, w, b = ctx.saved  # each gradient only where needed: a frozen layer skips its matmul
         if is_grad_enabled():  # create_graph: the gradient must be made of recorded ops
             return (g @ w.T if x.requires_grad else None, x.T @ g if w.requires_grad else None,
@@ -223,14 +223,14 @@ class CrossEntropy(Function):
     """Mean of -log softmax(logits)[label], fused into one op: log-sum-exp keeps it finite
     for any logits, and the gradient is simply (softmax - onehot) / N."""
 
-    def forward(ctx, logits, labels):
+    def forward(ctx, logits: Tensor, labels: np.ndarray) -> np.ndarray:
         z = logits.data
         shifted = z - z.max(axis=1, keepdims=True)
         logp = shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
         ctx.save(logits, labels, np.exp(logp))
         return np.asarray(-logp[np.arange(len(labels)), labels].mean(), dtype=z.dtype)
 
-    def backward(ctx, out, g):
+    def backward(ctx, out: Tensor, g: Tensor) -> Tensor:
         logits, labels, probs = ctx.saved
         rows = np.arange(len(labels))
         if is_grad_enabled():  # create_graph: the gradient must be made of recorded ops

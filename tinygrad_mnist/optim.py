@@ -6,7 +6,7 @@ in-place keeps training at one copy of the weights.
 from __future__ import annotations
 
 import math
-from typing import Iterable
+from collections.abc import Iterable
 
 import numpy as np
 
@@ -115,7 +115,7 @@ class SGD(Optimizer):
         self.nesterov = nesterov
         self._state_keys = ("velocity",) if self.momentum else ()
 
-    def _update(self, w, g, state):
+    def _update(self, w: np.ndarray, g: np.ndarray, state: dict[str, np.ndarray]) -> None:
         if self.weight_decay:
             g = g + self.weight_decay * w
         if self.momentum:
@@ -145,7 +145,7 @@ class Adam(Optimizer):
         self.eps = _check("eps", eps, 0.0, low_open=True)
         self.weight_decay = _check("weight_decay", weight_decay, 0.0)
 
-    def _update(self, w, g, state):
+    def _update(self, w: np.ndarray, g: np.ndarray, state: dict[str, np.ndarray]) -> None:
         b1, b2 = self.betas
         if self.weight_decay:
             g = g + self.weight_decay * w

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 from matplotlib import colormaps
+from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
@@ -348,7 +349,7 @@ def _explanation_figure(e: Explanation) -> Figure:
     return fig
 
 
-def _probability_bars(ax, probs: np.ndarray, pred: int, label: int | None,
+def _probability_bars(ax: Axes, probs: np.ndarray, pred: int, label: int | None,
                       before: np.ndarray | None = None) -> None:
     """Horizontal bars, digit 0 at the top; the prediction and the true label are marked.
     With `before`, grey bars show the probabilities before and blue ones after a step."""
@@ -368,7 +369,7 @@ def _probability_bars(ax, probs: np.ndarray, pred: int, label: int | None,
                 ("true label" if d == label else "the prediction before")
         else:
             continue
-        ax.text(max(probs[d], 0 if before is None else before[d]) + 0.03, d, text, va="center",
+        ax.text(max(probs[d], 0 if before is None else before[d]) + 0.03, int(d), text, va="center",
                 fontsize=10.5, color=WRONG_COLOR if wrong and marks else "black")
     ax.set_yticks(digits)
     ax.set_ylim(len(probs) - 0.5, -0.5)
@@ -387,12 +388,12 @@ def _grid_columns(n: int) -> int:
     return n // rows if 2 * rows >= math.isqrt(n) else math.ceil(math.sqrt(n))
 
 
-def _panel_text(ax, heading: str, caption: str) -> None:
+def _panel_text(ax: Axes, heading: str, caption: str) -> None:
     ax.set_title(heading, fontsize=14, fontweight="bold", loc="left")
     ax.set_xlabel(caption, fontsize=12, loc="left", labelpad=8)
 
 
-def _no_ticks(ax) -> None:
+def _no_ticks(ax: Axes) -> None:
     ax.set_xticks([])
     ax.set_yticks([])
 
@@ -404,7 +405,7 @@ def _message_figure(message: str) -> Figure:
     return fig
 
 
-def _show_digit(ax, image: np.ndarray) -> None:
+def _show_digit(ax: Axes, image: np.ndarray) -> None:
     """Dark ink on white paper, as a person writes a digit; fixed [0, 1] scale, no ticks."""
     ax.imshow(image, cmap="gray_r", vmin=0.0, vmax=1.0, interpolation="nearest")
     ax.set_xticks([])

@@ -18,7 +18,6 @@ from typing import Any
 
 import numpy as np
 
-from . import plots
 from .data import MNIST, load_mnist
 from .explain import explain
 from .files import atomic_write

@@ -2,18 +2,24 @@
 
 Every operation is a `Function` (the ops themselves are in ops.py). Its `forward` computes the
 NumPy result and saves what the backward pass will need; its `backward` turns the output's
-gradient into the inputs' gradients *using Tensor operations*. Run under `no_grad` those are plain NumPy calls; run
-with `create_graph=True` they are recorded too, so a gradient has a graph of its own and can
-be differentiated again.
+gradient into the inputs' gradients *using Tensor operations*. Run under `no_grad` those are
+plain NumPy calls; run with `create_graph=True` they are recorded too, so a gradient has a graph
+of its own and can be differentiated again.
 """
 from __future__ import annotations
 
 import functools
 import heapq
 import itertools
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
+
+# what an operator takes beside a Tensor (a number, list or array is lifted to a Tensor)
+Operand = Any
+# an axis argument: None (all), an int, or a sequence of ints
+Axis = int | Sequence[int] | None
 
 # ----------------------------------------------------------------------------- grad mode
 
@@ -185,31 +191,31 @@ class Tensor:
             return Tensor._wrap(_as_array(other, None, default=own))
         raise TypeError(f"unsupported operand: Tensor and {type(other).__name__}")
 
-    def __add__(self, o): return ops.Add.apply(self, self._lift(o))
-    def __radd__(self, o): return ops.Add.apply(self._lift(o), self)
-    def __sub__(self, o): return ops.Sub.apply(self, self._lift(o))
-    def __rsub__(self, o): return ops.Sub.apply(self._lift(o), self)
-    def __mul__(self, o): return ops.Mul.apply(self, self._lift(o))
-    def __rmul__(self, o): return ops.Mul.apply(self._lift(o), self)
-    def __truediv__(self, o): return ops.Div.apply(self, self._lift(o))
-    def __rtruediv__(self, o): return ops.Div.apply(self._lift(o), self)
-    def __pow__(self, o): return ops.Pow.apply(self, self._lift(o))
-    def __rpow__(self, o): return ops.Pow.apply(self._lift(o), self)
-    def __matmul__(self, o): return ops.MatMul.apply(self, self._lift(o))
-    def __rmatmul__(self, o): return ops.MatMul.apply(self._lift(o), self)
-    def __neg__(self): return ops.Neg.apply(self)
-    def __getitem__(self, idx): return ops.GetItem.apply(self, idx=_plain_index(idx))
+    def __add__(self, o: Operand) -> Tensor: return ops.Add.apply(self, self._lift(o))
+    def __radd__(self, o: Operand) -> Tensor: return ops.Add.apply(self._lift(o), self)
+    def __sub__(self, o: Operand) -> Tensor: return ops.Sub.apply(self, self._lift(o))
+    def __rsub__(self, o: Operand) -> Tensor: return ops.Sub.apply(self._lift(o), self)
+    def __mul__(self, o: Operand) -> Tensor: return ops.Mul.apply(self, self._lift(o))
+    def __rmul__(self, o: Operand) -> Tensor: return ops.Mul.apply(self._lift(o), self)
+    def __truediv__(self, o: Operand) -> Tensor: return ops.Div.apply(self, self._lift(o))
+    def __rtruediv__(self, o: Operand) -> Tensor: return ops.Div.apply(self._lift(o), self)
+    def __pow__(self, o: Operand) -> Tensor: return ops.Pow.apply(self, self._lift(o))
+    def __rpow__(self, o: Operand) -> Tensor: return ops.Pow.apply(self._lift(o), self)
+    def __matmul__(self, o: Operand) -> Tensor: return ops.MatMul.apply(self, self._lift(o))
+    def __rmatmul__(self, o: Operand) -> Tensor: return ops.MatMul.apply(self._lift(o), self)
+    def __neg__(self) -> Tensor: return ops.Neg.apply(self)
+    def __getitem__(self, idx: Any) -> Tensor: return ops.GetItem.apply(self, idx=_plain_index(idx))
 
     # --- methods
-    def sum(self, axis=None, keepdims: bool = False) -> Tensor:
+    def sum(self, axis: Axis = None, keepdims: bool = False) -> Tensor:
         return ops.Sum.apply(self, axis=_axes(axis, self.ndim), keepdims=keepdims)
 
-    def mean(self, axis=None, keepdims: bool = False) -> Tensor:
+    def mean(self, axis: Axis = None, keepdims: bool = False) -> Tensor:
         axes = _axes(axis, self.ndim)
         count = int(np.prod([self.shape[a] for a in axes]))
         return self.sum(axes, keepdims) * (1.0 / count if count else float("nan"))  # as NumPy
 
-    def max(self, axis=None, keepdims: bool = False) -> Tensor:
+    def max(self, axis: Axis = None, keepdims: bool = False) -> Tensor:
         return ops.Max.apply(self, axis=_axes(axis, self.ndim), keepdims=keepdims)
 
     def exp(self) -> Tensor: return ops.Exp.apply(self)
@@ -311,6 +317,10 @@ def _backprop(root: Tensor, seed: Any, retain_graph: bool, create_graph: bool,
             in_grads = ctx.backward(t, g)
             if not isinstance(in_grads, tuple):
                 in_grads = (in_grads,)
+            if len(in_grads) != len(ctx.parents):  # zip would silently drop the missing ones
+                raise RuntimeError(f"{type(ctx).__name__}.backward returned {len(in_grads)} "
+                                   f"gradients for {len(ctx.parents)} inputs; expected one per "
+                                   f"input (None where an input needs none)")
             for p, pg in zip(ctx.parents, in_grads):
                 if pg is None or not p.requires_grad:
                     continue
@@ -429,7 +439,7 @@ class Function:
 
     __slots__ = ("parents", "saved", "scope", "seq")
     parents: tuple[Tensor, ...]
-    saved: tuple[Any, ...] | None
+    saved: Any  # the tuple `save` stored; None once backward has freed it
     scope: tuple[str, ...]
     seq: int
 

@@ -40,8 +40,9 @@ from .tensor import Tensor, no_grad
 
 CHECKPOINT = "checkpoint.npz"
 INTERRUPTED = "interrupted.npz"
-PICTURES = ("digits.png", "augmented.png", "explanation.png", "learning_curves.png", "predictions.png", "confusion_matrix.png",
-            "confident_mistakes.png", "first_layer_weights.png")
+PICTURES = ("digits.png", "augmented.png", "explanation.png", "learning_curves.png",
+            "predictions.png", "confusion_matrix.png", "confident_mistakes.png",
+            "first_layer_weights.png")
 RUN_FILES = (CHECKPOINT, INTERRUPTED, "metrics.json", "metrics.csv", "summary.json", *PICTURES,
              "report.html")
 MAX_SHIFT = 4
@@ -491,14 +492,14 @@ def _train_epoch(model: Module, optimizer: Optimizer, config: TrainConfig, epoch
                 bar.close()
             return EpochState(epoch + 1, step + 1, loss_sum, correct, seen,
                               before + time.perf_counter() - start,
-                              [m.rng.bit_generator.state for m in dropouts])
+                              [dict(m.rng.bit_generator.state) for m in dropouts])
     if bar is not None:
         bar.close()
     return {"epoch": epoch + 1, "train_loss": loss_sum / seen, "train_acc": correct / seen,
             "lr": schedule(epoch), "seconds": before + time.perf_counter() - start}
 
 
-def _dropouts(module: Module):
+def _dropouts(module: Module) -> Iterator[Dropout]:
     for _, child in module.children():
         if isinstance(child, Dropout):
             yield child
@@ -579,7 +580,7 @@ def save_checkpoint(path: str | os.PathLike, model: Module, optimizer: Optimizer
     arrays.update({f"optim/{k}": v for k, v in optimizer.state_dict().items()})
     arrays["meta"] = np.array(json.dumps(meta))
     buffer = io.BytesIO()
-    np.savez(buffer, **arrays)
+    np.savez(buffer, **arrays)  # type: ignore[arg-type]  # NumPy's stub: a bool kwarg
     atomic_write(Path(path), buffer.getvalue())
 
 
