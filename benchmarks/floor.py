@@ -17,7 +17,6 @@ momentum and weight decay. Writes floor.json and floor.md into --out.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import sys
@@ -27,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from .time_to_accuracy import RECIPE, machine_facts, set_threads
-from .train_speed import ROOT, numpy_info
+from .train_speed import ROOT, numpy_info, write_results
 
 MODELS = {"784-128-10": [784, 128, 10], "784-512-256-10": [784, 512, 256, 10],
           "784-512-512-10": [784, 512, 512, 10]}
@@ -169,11 +168,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
               "batch": args.batch, "rounds": args.rounds, "steps": args.steps,
               "sgd": "Nesterov momentum 0.9, weight decay 1e-4" if args.recipe_sgd
               else "plain SGD (as train_speed)", "models": models}
-    from tinygrad_mnist.files import atomic_write
-
-    atomic_write(args.out / "floor.json", (json.dumps(result, indent=2) + "\n").encode())
-    atomic_write(args.out / "floor.md", to_markdown(result).encode())
-    print(to_markdown(result))
+    write_results(args.out, "floor", result, to_markdown(result))
     return result
 
 

@@ -34,7 +34,7 @@ from typing import Any
 
 from tinygrad_mnist.train import TrainConfig
 
-from .train_speed import OPTIONAL, ROOT, THREAD_VARS, Worker, numpy_info
+from .train_speed import OPTIONAL, ROOT, THREAD_VARS, Worker, numpy_info, write_results
 
 # The default recipe: `tinygrad-mnist train`'s own defaults (TrainConfig), so the two never drift.
 _D = TrainConfig()
@@ -256,12 +256,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     result = {"date": time.strftime("%Y-%m-%d %H:%M %Z"), "machine": machine,
               "recipe": args.recipe, "epochs": args.epochs, "parts": args.parts,
               "train_examples": first["train_examples"], "runs": runs}
-    # only now: it loads NumPy into this process
-    from tinygrad_mnist.files import atomic_write
-
-    atomic_write(args.out / "time_to_accuracy.json", (json.dumps(result, indent=2) + "\n").encode())
-    atomic_write(args.out / "time_to_accuracy.md", to_markdown(result).encode())
-    print(to_markdown(result))
+    write_results(args.out, "time_to_accuracy", result, to_markdown(result))
     return result
 
 

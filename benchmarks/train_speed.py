@@ -232,6 +232,15 @@ def to_markdown(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def write_results(out: Path, name: str, result: dict[str, Any], markdown: str) -> None:
+    """NAME.json and NAME.md in `out`, each written atomically; the table is printed too."""
+    from tinygrad_mnist.files import atomic_write  # only now: it loads NumPy into this process
+
+    atomic_write(out / f"{name}.json", (json.dumps(result, indent=2) + "\n").encode())
+    atomic_write(out / f"{name}.md", markdown.encode())
+    print(markdown)
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
     pin_threads(args.threads)
@@ -257,11 +266,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
               "engine_overhead": overhead.receive()}
     overhead.close()
     result["machine"]["load_average_end"] = os.getloadavg()
-    from tinygrad_mnist.files import atomic_write  # only now: it loads NumPy into this process
-
-    atomic_write(args.out / "train_speed.json", (json.dumps(result, indent=2) + "\n").encode())
-    atomic_write(args.out / "train_speed.md", to_markdown(result).encode())
-    print(to_markdown(result))
+    write_results(args.out, "train_speed", result, to_markdown(result))
     return result
 
 

@@ -92,6 +92,11 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--overwrite", action="store_true", help=f"replace {what} (never a file "
                        f"of another kind)")
 
+    def picture_out(p: argparse.ArgumentParser, default: str) -> None:
+        p.add_argument("--out", default=default, help="picture to write: .png, .jpg, .svg or "
+                       ".pdf (default %(default)s)")
+        overwrite_flag(p, "an existing --out picture")
+
     t = sub.add_parser("train", help="train the MLP on MNIST",
                        description="Train the MLP; checkpoints, metrics and pictures go to the "
                        "run directory. With --resume, only --epochs may differ from the "
@@ -139,9 +144,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"how many digits, at most {MAX_PREDICT} (default %(default)s)")
     p.add_argument("--start", type=_int_range(0), default=0,
                    help="index of the first test digit")
-    p.add_argument("--out", default="predictions.png", help="picture to write: .png, .jpg, "
-                   ".svg or .pdf (default %(default)s)")
-    overwrite_flag(p, "an existing --out picture")
+    picture_out(p, "predictions.png")
     data_flag(p)
 
     g = sub.add_parser("graph", help="draw the MLP's loss graph for one batch",
@@ -168,9 +171,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "(default: MNIST's; none for --image)")
     x.add_argument("--lr", type=_number(0, low_open=True), default=0.1,
                    help="learning rate of the backprop step (default %(default)s)")
-    x.add_argument("--out", default="explanation.png", help="picture to write: .png, .jpg, .svg "
-                   "or .pdf (default %(default)s)")
-    overwrite_flag(x, "an existing --out picture")
+    picture_out(x, "explanation.png")
     data_flag(x)
 
     r = sub.add_parser("report", help="rebuild a run's report.html",
