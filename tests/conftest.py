@@ -39,6 +39,17 @@ def tf():
 
 
 @pytest.fixture(scope="session")
+def torch():
+    """PyTorch, a benchmark contender: optional for users, installed by .ci/run (the CPU build)."""
+    try:
+        import torch
+    except ImportError:
+        torch = None
+    require(torch is not None, "PyTorch (pip install torch==2.13.0, the CPU build on this machine)")
+    return torch
+
+
+@pytest.fixture(scope="session")
 def dot_binary():
     path = shutil.which("dot")
     require(path is not None, "the graphviz `dot` binary (apt-get install graphviz)")

@@ -110,8 +110,7 @@ def test_tensorflow_takes_the_same_momentum_steps(tf, mnist):
         np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-5)
 
 
-def test_torch_takes_the_same_momentum_steps(mnist):
-    pytest.importorskip("torch")  # optional contender: pip install torch (the CPU wheel)
+def test_torch_takes_the_same_momentum_steps(mnist, torch):
     init = initial_params(SMALL, seed=0)
     torch_t, hand = (make_trainer(n, init, RECIPE["lr"], **OPTIM) for n in ("torch", "numpy"))
     for step, (xb, yb) in enumerate(augmented_batches(mnist.train_x, mnist.train_y, 0, 0, 128, 2,
