@@ -9,8 +9,10 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("MPLBACKEND", "Agg")
 
+import importlib
 import shutil
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 
@@ -28,25 +30,25 @@ def require(ok: bool, what: str) -> None:
     pytest.skip(f"{what} not available")
 
 
+def require_module(name: str, what: str) -> ModuleType:
+    """The imported module `name`, under the rule of `require`."""
+    try:
+        module = importlib.import_module(name)
+    except ImportError:
+        module = None
+    require(module is not None, what)
+    return module
+
+
 @pytest.fixture(scope="session")
 def tf():
-    try:
-        import tensorflow as tf
-    except ImportError:
-        tf = None
-    require(tf is not None, "TensorFlow (pip install tensorflow-cpu)")
-    return tf
+    return require_module("tensorflow", "TensorFlow (pip install tensorflow-cpu)")
 
 
 @pytest.fixture(scope="session")
 def torch():
     """PyTorch, a benchmark contender: optional for users, installed by .ci/run (the CPU build)."""
-    try:
-        import torch
-    except ImportError:
-        torch = None
-    require(torch is not None, "PyTorch (pip install torch==2.13.0, the CPU build on this machine)")
-    return torch
+    return require_module("torch", "PyTorch (pip install torch==2.13.0, the CPU build on this machine)")
 
 
 @pytest.fixture(scope="session")

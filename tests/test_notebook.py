@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # conftest, also when run as a script
-from conftest import ROOT, require  # noqa: E402
+from conftest import ROOT, require, require_module  # noqa: E402
 
 NOTEBOOK = ROOT / "demos" / "tutorial.ipynb"
 MAX_BYTES = 1_500_000  # it must stay readable on a code host
@@ -20,12 +20,7 @@ MAX_BYTES = 1_500_000  # it must stay readable on a code host
 
 @pytest.fixture(scope="module")
 def nbformat():
-    try:
-        import nbformat
-    except ImportError:
-        nbformat = None
-    require(nbformat is not None, "nbformat (pip install nbclient)")
-    return nbformat
+    return require_module("nbformat", "nbformat (pip install nbclient)")
 
 
 @pytest.fixture(scope="module")
