@@ -4,7 +4,10 @@ from __future__ import annotations
 import html
 import importlib.util
 import math
+import os
 import re
+import subprocess
+import sys
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -377,3 +380,17 @@ def test_retain_grads_keeps_every_gradient_and_only_until_asked():
     g = parse(draw_graph(out).source)
     assert sum(any(s.startswith("grad") for s in n.lines) for n in g.tensors().values()) == 3
     assert out.grad.item() == 1.0
+
+
+def test_dot_source_is_the_same_in_every_process():
+    """Nested clusters used to follow set order, which changes with Python's hash seed."""
+    code = ("import numpy as np\n"
+            "from tinygrad_mnist import Tensor, draw_graph\n"
+            "from tinygrad_mnist.nn import MLP, cross_entropy\n"
+            "m = MLP([784, 16, 16, 10], seed=0)\n"
+            "x = Tensor(np.zeros((2, 784), np.float32))\n"
+            "print(draw_graph(cross_entropy(m(x), np.array([1, 2]))).source)\n")
+    sources = {subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                              env={**os.environ, "PYTHONHASHSEED": str(seed)}).stdout
+               for seed in (1, 2, 3)}
+    assert len(sources) == 1 and "cluster_" in sources.pop()

@@ -169,7 +169,8 @@ def _draw(dot: graphviz.Digraph, tensors: list[Tensor], ops: list[Tensor], show_
     for s, body in bodies.items():
         for name, label, style in body:
             clusters[s].node(name, label, **style)
-    for s in sorted(scopes, key=len, reverse=True):  # children are complete before their parent
+    for s in sorted(scopes, key=lambda s: (-len(s), s)):  # children before their parent; ties in
+        # name order, so the DOT source is the same in every process (set order is not)
         (clusters[s[:-1]] if len(s) > 1 else dot).subgraph(clusters[s])
 
     for t in ops:
