@@ -22,11 +22,10 @@ import statistics
 import sys
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 from .time_to_accuracy import RECIPE, machine_facts, set_threads
-from .train_speed import ROOT, numpy_info, write_results
+from .train_speed import add_io_flags, numpy_info, write_results
 
 MODELS = {"784-128-10": [784, 128, 10], "784-512-256-10": [784, 512, 256, 10],
           "784-512-512-10": [784, 512, 512, 10]}
@@ -46,7 +45,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--recipe-sgd", action="store_true",
                    help="the engine steps with the recipe's Nesterov momentum and weight decay")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
+    add_io_flags(p, data=False)
     p.add_argument("--quick", action="store_true", help="smoke run: 3 rounds of 3 steps")
     args = p.parse_args(argv)
     if args.quick:

@@ -29,8 +29,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
-THREAD_VARS = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
+from .train_speed import ROOT, THREAD_VARS, add_io_flags
+
 P50_TARGET_MS = 20.0  # the target for the default model
 
 
@@ -43,7 +43,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=1, help="BLAS/OpenMP threads of the server")
     p.add_argument("--payload", choices=["image", "pixels"], default="image")
     p.add_argument("--warmup", type=int, default=10, help="untimed requests first")
-    p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
+    add_io_flags(p, data=False)
     args = p.parse_args(argv)
     try:
         args.levels = [int(c) for c in args.concurrency.split(",")]

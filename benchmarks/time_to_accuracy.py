@@ -29,12 +29,11 @@ import subprocess
 import sys
 import tempfile
 import time
-from pathlib import Path
 from typing import Any
 
 from tinygrad_mnist.train import TrainConfig
 
-from .train_speed import OPTIONAL, ROOT, THREAD_VARS, Worker, numpy_info, write_results
+from .train_speed import OPTIONAL, ROOT, THREAD_VARS, Worker, add_io_flags, numpy_info, write_results
 
 # The default recipe: `tinygrad-mnist train`'s own defaults (TrainConfig), so the two never drift.
 _D = TrainConfig()
@@ -70,9 +69,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=RECIPE["seed"])
     p.add_argument("--limit", type=int, default=None, help="train on the first N examples only")
     p.add_argument("--warmup-steps", type=int, default=20)
-    p.add_argument("--data", default=None, help="MNIST directory (default: $TINYGRAD_MNIST_DATA, "
-                   "else the user cache, downloading if needed)")
-    p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
+    add_io_flags(p)
     p.add_argument("--quick", action="store_true",
                    help="smoke run: 2 epochs on 5,120 examples, 2 slices an epoch, 1 thread")
     args = p.parse_args(argv)

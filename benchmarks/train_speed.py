@@ -37,6 +37,14 @@ THREAD_VARS = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS",
 OPTIONAL = {"tensorflow": "tensorflow", "torch": "torch"}  # contender -> module it needs
 
 
+def add_io_flags(p: argparse.ArgumentParser, data: bool = True) -> None:
+    """--data (where MNIST is) and --out (where the results go), alike for every benchmark."""
+    if data:
+        p.add_argument("--data", default=None, help="MNIST directory (default: "
+                       "$TINYGRAD_MNIST_DATA, else the user cache, downloading if needed)")
+    p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--threads", type=int, default=1,
@@ -53,9 +61,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--limit", type=int, default=None, help="train on the first N examples only")
     p.add_argument("--warmup-steps", type=int, default=20)
     p.add_argument("--chain", type=int, default=100_000, help="ops in the backward-chain test")
-    p.add_argument("--data", default=None, help="MNIST directory (default: $TINYGRAD_MNIST_DATA, "
-                   "else the user cache, downloading if needed)")
-    p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
+    add_io_flags(p)
     p.add_argument("--quick", action="store_true",
                    help="smoke run: 2 epochs on 10,240 examples, a 10,000-op chain")
     args = p.parse_args(argv)
