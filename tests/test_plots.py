@@ -98,27 +98,63 @@ def test_confusion_figure_labels_axes_and_reports_accuracy():
     assert len(ax.texts) == 9 and cells == {"0", "1"}
 
 
+def _tiles(fig):
+    """The captions (text, colour, bold) and frames (edge colour) of a tiles figure, in order."""
+    (ax,) = fig.axes
+    captions = [(t.get_text(), to_rgba(t.get_color()), t.get_fontweight() == "bold")
+                for t in ax.texts if t.get_rotation() == 0]
+    return ax, captions, [to_rgba(p.get_edgecolor()) for p in ax.patches]
+
+
 def test_predictions_mark_mistakes_in_red(data):
     images, labels, preds = data
     fig = plots._predictions_figure(images.reshape(-1, 28, 28), labels, preds, ncols=5)
-    axes = fig.axes
-    assert len(axes) == 15  # 3 rows of 5; the 3 cells past the 12 images are hidden
-    assert [ax.axison for ax in axes] == [True] * 12 + [False] * 3
-    for i, ax in enumerate(axes[:12]):
+    ax, captions, frames = _tiles(fig)
+    assert len(captions) == len(frames) == 12
+    for i, (text, color, bold) in enumerate(captions):
         wrong = i in (2, 5)
-        assert ax.title.get_text() == f"true {labels[i]} · pred {preds[i]}"
-        assert to_rgba(ax.title.get_color()) == (RED if wrong else BLACK)
-        assert (to_rgba(ax.spines["left"].get_edgecolor()) == RED) == wrong
-        assert ax.get_xticks().size == ax.get_yticks().size == 0
+        assert text == f"true {labels[i]} · pred {preds[i]}"
+        assert color == (RED if wrong else BLACK) and bold == wrong
+        assert (frames[i] == RED) == wrong
+    assert not ax.axison
 
 
-def test_predictions_show_dark_digits_on_white_and_confidence(data):
+def test_tiles_put_each_digit_in_its_place_on_white_paper(data):
     images, labels, preds = data
-    fig = plots._predictions_figure(images[:2], labels[:2], preds[:2], probs=np.array([0.994, 0.5]))
-    assert fig.axes[0].title.get_text() == f"true {labels[0]} · pred {preds[0]} (99%)"
-    assert fig.axes[1].title.get_text().endswith(" (50%)")
-    image = fig.axes[0].images[0]
-    assert image.get_cmap().name == "gray_r" and image.get_clim() == (0.0, 1.0)
+    fig = plots._predictions_figure(images[:7], labels[:7], preds[:7], probs=np.full(7, 0.994),
+                                    ncols=3)
+    ax, captions, frames = _tiles(fig)
+    assert captions[0][0] == f"true {labels[0]} · pred {preds[0]} (99%)"
+    (image,) = ax.images
+    assert image.get_cmap().name.startswith("gray_r") and image.get_clim() == (0.0, 1.0)
+    mosaic = np.ma.filled(image.get_array(), np.nan)
+    digits = images[:7].reshape(-1, 28, 28)
+    for i, frame in enumerate(ax.patches):  # each frame surrounds its own digit's pixels
+        x, y = (int(v + 0.5) for v in frame.get_xy())
+        np.testing.assert_array_equal(mosaic[y:y + 28, x:x + 28], digits[i])
+        assert (y, x) > tuple(int(v + 0.5) for v in ax.patches[i - 1].get_xy()[::-1]) or i == 0
+    assert np.isnan(mosaic).sum() == mosaic.size - 7 * 784  # the rest is blank paper
+    assert len({int(p.get_xy()[1]) for p in ax.patches}) == 3  # 7 digits in rows of 3
+
+
+def test_augmented_rows_show_each_move_under_its_epoch(data):
+    images = data[0][:3].reshape(-1, 28, 28)
+    moves = [np.array([[1, 2], [0, 0], [-2, -1]]), np.array([[0, -1], [2, 0], [0, 0]])]
+    versions = [np.roll(images, 1, axis=1), np.roll(images, 2, axis=1)]  # any pixels will do
+    fig = plots._augmented_figure(images, versions, moves)
+    ax, captions, frames = _tiles(fig)
+    assert [c[0] for c in captions] == ["", "", "", "↓1 →2", "not moved", "↑2 ←1", "←1", "↓2",
+                                        "not moved"]
+    assert [t.get_text() for t in ax.texts if t.get_rotation() == 90] == ["original", "epoch 1",
+                                                                          "epoch 2"]
+    mosaic = np.ma.filled(ax.images[0].get_array(), np.nan)
+    for i, frame in enumerate(ax.patches):  # row r holds versions[r - 1], in the given order
+        x, y = (int(v + 0.5) for v in frame.get_xy())
+        np.testing.assert_array_equal(mosaic[y:y + 28, x:x + 28],
+                                      ([images] + versions)[i // 3][i % 3])
+    assert "up to 2 pixels" in fig.texts[0].get_text()
+    with pytest.raises(ValueError, match="one \\(dy, dx\\) shift per digit"):
+        plots._augmented_figure(images, versions, moves[:1])
 
 
 def test_confident_mistake_indices_pick_the_surest_wrong_predictions():
@@ -147,7 +183,7 @@ def test_confident_mistakes_plot_titles_and_the_no_mistakes_case(tmp_path, data,
     probs[3, (labels[3] + 1) % 10], probs[3, labels[3]] = 0.97, 0.03
     probs[7, (labels[7] + 2) % 10], probs[7, labels[7]] = 0.6, 0.4
     plots.plot_confident_mistakes(images, labels, probs, tmp_path / "m.png", k=16)
-    titles = [ax.title.get_text() for ax in saved[1].axes if ax.axison]
+    titles = [text for text, _, _ in _tiles(saved[1])[1]]
     assert titles == [f"true {labels[3]} · pred {(labels[3] + 1) % 10} (97%)",
                       f"true {labels[7]} · pred {(labels[7] + 2) % 10} (60%)"]
 

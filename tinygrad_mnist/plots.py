@@ -18,6 +18,7 @@ import numpy as np
 from matplotlib import colormaps
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
+from matplotlib.patches import Rectangle
 from matplotlib.ticker import MaxNLocator
 
 from .files import atomic_writer, picture_format
@@ -70,26 +71,19 @@ def _augmented_figure(images: np.ndarray, versions: list[np.ndarray],
             np.shape(s) != (len(rows[0]), 2) for s in shifts):
         raise ValueError(f"every version must have the originals' shape {rows[0].shape} and "
                          f"one (dy, dx) shift per digit")
-    ncols = len(rows[0])
-    fig = Figure(figsize=(1.2 * ncols + 1.0, 1.4 * len(rows) + 0.8), layout="constrained")
-    axes = fig.subplots(len(rows), ncols, squeeze=False)
-    for r, row in enumerate(rows):
-        for c, image in enumerate(row):
-            ax = axes[r, c]
-            _show_digit(ax, image)
-            ax.axhline(13.5, color="tab:blue", lw=0.5, alpha=0.4)  # the frame's centre lines,
-            ax.axvline(13.5, color="tab:blue", lw=0.5, alpha=0.4)  # to see the digit move
-            if r:
-                dy, dx = (int(v) for v in shifts[r - 1][c])
-                moves = [f"{'↓' if dy > 0 else '↑'}{abs(dy)}" if dy else "",
-                         f"{'→' if dx > 0 else '←'}{abs(dx)}" if dx else ""]
-                ax.set_title(" ".join(m for m in moves if m) or "not moved", fontsize=8)
-        axes[r, 0].set_ylabel("original" if r == 0 else f"epoch {r}", fontsize=10)
+    captions = [""] * len(rows[0])
+    for moves in shifts:
+        for dy, dx in (tuple(int(v) for v in m) for m in moves):
+            parts = [f"{'↓' if dy > 0 else '↑'}{abs(dy)}" if dy else "",
+                     f"{'→' if dx > 0 else '←'}{abs(dx)}" if dx else ""]
+            captions.append(" ".join(p for p in parts if p) or "not moved")
     max_shift = max((int(np.abs(s).max()) for s in shifts), default=0)
-    fig.suptitle(f"What the network trains on: every epoch moves each training digit by up to "
-                 f"{max_shift} pixels (arrows: pixels down/up, right/left)\nnew pictures, same "
-                 f"labels, so it cannot just memorise them", fontsize=10)
-    return fig
+    title = (f"What the network trains on: every epoch moves each training digit by up to "
+             f"{max_shift} pixels (arrows: pixels down/up, right/left)\nnew pictures, same labels, "
+             f"so it cannot just memorise them")
+    return _tiles_figure(np.concatenate(rows), captions, len(rows[0]), title, size=1.0,
+                         row_labels=["original"] + [f"epoch {r}" for r in range(1, len(rows))],
+                         centre_lines=True)
 
 
 def plot_predictions(images: np.ndarray, labels: np.ndarray, preds: np.ndarray,
@@ -171,50 +165,66 @@ def _learning_curves_figure(history: list[dict]) -> Figure:
 def _predictions_figure(images: np.ndarray, labels: np.ndarray, preds: np.ndarray,
                         probs: np.ndarray | None = None, title: str | None = None,
                         ncols: int = 8) -> Figure:
-    """The grid behind `plot_predictions`; returned unsaved so its title colours can be checked."""
+    """The grid behind `plot_predictions`; returned unsaved so its caption colours can be checked."""
     images = _check_images(images)
     labels = _check_vector("labels", labels, len(images))
     preds = _check_vector("preds", preds, len(images))
     if probs is not None:
         probs = _check_vector("probs", probs, len(images))
-    ncols = min(_check_positive_int("ncols", ncols), len(images))
-    nrows = math.ceil(len(images) / ncols)
-    fig = Figure(figsize=(1.65 * ncols, 1.6 * nrows + (0.4 if title else 0)), layout="constrained")
-    axes = fig.subplots(nrows, ncols, squeeze=False).ravel()
-    for i, ax in enumerate(axes):
-        if i >= len(images):
-            ax.set_axis_off()
-            continue
-        right = labels[i] == preds[i]
-        color = RIGHT_COLOR if right else WRONG_COLOR
-        text = f"true {int(labels[i])} · pred {int(preds[i])}"
-        if probs is not None:
-            text += f" ({probs[i]:.0%})"
-        _show_digit(ax, images[i])
-        ax.set_title(text, color=color, fontsize=8, fontweight="normal" if right else "bold")
-        for spine in ax.spines.values():
-            spine.set_color("lightgray" if right else WRONG_COLOR)
-            spine.set_linewidth(0.8 if right else 2.5)
-    if title:
-        fig.suptitle(title)
-    return fig
+    captions = [f"true {int(t)} · pred {int(p)}" + ("" if probs is None else f" ({probs[i]:.0%})")
+                for i, (t, p) in enumerate(zip(labels, preds))]
+    return _tiles_figure(images, captions, ncols, title, wrong=labels != preds, size=1.3)
 
 
 def _digits_figure(images: np.ndarray, labels: np.ndarray, title: str | None,
                    ncols: int) -> Figure:
     images = _check_images(images)
     labels = _check_vector("labels", labels, len(images))
+    return _tiles_figure(images, [f"label {int(v)}" for v in labels], ncols, title, size=1.05,
+                         fontsize=9)
+
+
+def _tiles_figure(images: np.ndarray, captions: list[str], ncols: int, title: str | None, *,
+                  wrong: np.ndarray | None = None, row_labels: list[str] | None = None,
+                  centre_lines: bool = False, size: float = 1.2, fontsize: float = 8) -> Figure:
+    """Digits in a grid, each `size` inches wide with its caption above and a frame (red and
+    thick where `wrong`), dark ink on white paper. All of it is one image on one axes, with the
+    figure sized around it: one axes per digit and a layout engine took 4x as long to draw."""
     ncols = min(_check_positive_int("ncols", ncols), len(images))
     nrows = math.ceil(len(images) / ncols)
-    fig = Figure(figsize=(1.3 * ncols, 1.4 * nrows + (0.4 if title else 0)), layout="constrained")
-    for i, ax in enumerate(fig.subplots(nrows, ncols, squeeze=False).ravel()):
-        if i >= len(images):
-            ax.set_axis_off()
-            continue
-        _show_digit(ax, images[i])
-        ax.set_title(f"label {int(labels[i])}", fontsize=9)
+    inch = size / SIDE  # inches per pixel
+    gap, band = 6, math.ceil(1.8 * fontsize / 72 / inch)  # pixels between tiles, for a caption
+    width, height = ncols * (SIDE + gap) - gap, nrows * (band + SIDE)
+    mosaic = np.full((height, width), np.nan)  # NaN: drawn as white paper
+    corners = [(r * (band + SIDE) + band, c * (SIDE + gap))
+               for r, c in (divmod(i, ncols) for i in range(len(images)))]
+    for (y, x), image in zip(corners, images):
+        mosaic[y:y + SIDE, x:x + SIDE] = image
+    left, right, bottom = (0.45 if row_labels else 0.1), 0.1, 0.1
+    top = 0.15 + 0.25 * (title.count("\n") + 1) if title else 0.05
+    fig_w, fig_h = left + width * inch + right, top + height * inch + bottom
+    fig = Figure(figsize=(fig_w, fig_h))
+    ax = fig.add_axes((left / fig_w, bottom / fig_h, width * inch / fig_w, height * inch / fig_h))
+    ax.imshow(mosaic, cmap=colormaps["gray_r"].with_extremes(bad="white"), vmin=0.0, vmax=1.0,
+              interpolation="nearest")
+    ax.set_axis_off()
+    marked = np.zeros(len(images), bool) if wrong is None else np.asarray(wrong, bool)
+    for (y, x), caption, bad in zip(corners, captions, marked):
+        color = WRONG_COLOR if bad else RIGHT_COLOR
+        ax.text(x + SIDE / 2, y - 1.5, caption, ha="center", va="bottom", fontsize=fontsize,
+                color=color, fontweight="bold" if bad else "normal")
+        ax.add_patch(Rectangle((x - 0.5, y - 0.5), SIDE, SIDE, fill=False, clip_on=False,
+                               edgecolor=WRONG_COLOR if bad else "lightgray", lw=2.5 if bad else 0.8))
+    if centre_lines:  # the frame's centre lines, to see a digit move
+        segments = [[(x - 0.5, y + 13.5), (x + 27.5, y + 13.5), (np.nan, np.nan),
+                     (x + 13.5, y - 0.5), (x + 13.5, y + 27.5), (np.nan, np.nan)] for y, x in corners]
+        xs, ys = np.array([p for seg in segments for p in seg]).T
+        ax.plot(xs, ys, color="tab:blue", lw=0.5, alpha=0.4)
+    for r, label in enumerate(row_labels or []):
+        ax.text(-4, r * (band + SIDE) + band + SIDE / 2, label, rotation=90, ha="right",
+                va="center", fontsize=10)
     if title:
-        fig.suptitle(title)
+        fig.suptitle(title, y=1 - 0.08 / fig_h, va="top", fontsize=11)
     return fig
 
 
@@ -403,13 +413,6 @@ def _message_figure(message: str) -> Figure:
     fig = Figure(figsize=(5, 1.5))
     fig.text(0.5, 0.5, message, ha="center", va="center", fontsize=12)
     return fig
-
-
-def _show_digit(ax: Axes, image: np.ndarray) -> None:
-    """Dark ink on white paper, as a person writes a digit; fixed [0, 1] scale, no ticks."""
-    ax.imshow(image, cmap="gray_r", vmin=0.0, vmax=1.0, interpolation="nearest")
-    ax.set_xticks([])
-    ax.set_yticks([])
 
 
 # --------------------------------------------------------------------------- selection
