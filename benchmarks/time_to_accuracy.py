@@ -43,7 +43,8 @@ RECIPE: dict[str, Any] = {
     "max_shift": _D.shift, "epochs": _D.epochs, "seed": _D.seed, "val_size": _D.val_size,
 }
 ACCURACIES = (0.98, 0.99)
-# engine ÷ contender, at most, for the time to 99 % at one thread (the issue's targets)
+# engine ÷ contender, at most, at one thread (the issue's targets): checked on the time to each
+# accuracy and on the whole run (the same steps for all, whichever path rounding takes them on)
 TARGETS = {"torch": 1.0, "numpy": 1.05}
 
 
@@ -142,12 +143,14 @@ def race(contenders: list[str], args: argparse.Namespace, threads: int) -> dict[
         r["train_seconds"] = r["curve"][-1]["seconds"]
         r["final_val_accuracy"] = r["curve"][-1]["val_accuracy"]
         r["seconds_to"] = {f"{a:.2f}": seconds_to(r["curve"], a) for a in ACCURACIES}
+        r["epochs_to"] = {f"{a:.2f}": seconds_to(r["curve"], a, "epochs") for a in ACCURACIES}
     return results
 
 
-def seconds_to(curve: list[dict[str, float]], accuracy: float) -> float | None:
-    """Training seconds at the first validation that reached `accuracy`; None if none did."""
-    return next((p["seconds"] for p in curve if p["val_accuracy"] >= accuracy), None)
+def seconds_to(curve: list[dict[str, float]], accuracy: float, key: str = "seconds") -> float | None:
+    """Training seconds (or `key`: "epochs") at the first validation that reached `accuracy`;
+    None if none did."""
+    return next((p[key] for p in curve if p["val_accuracy"] >= accuracy), None)
 
 
 def ratios(results: dict[str, Any], of: str = "engine") -> dict[str, dict[str, float | None]]:
@@ -166,15 +169,19 @@ def ratios(results: dict[str, Any], of: str = "engine") -> dict[str, dict[str, f
 
 
 def check_targets(threads: int, rat: dict[str, dict[str, float | None]]) -> dict[str, Any]:
-    """The issue's 1-thread targets on the time to 99 %, each with its limit and verdict."""
+    """The issue's 1-thread targets, each with its limit and verdict: on the time to each
+    accuracy (not reached by either: no verdict) and on the whole run."""
     if threads != 1:
         return {}
     checks = {}
     for name, limit in TARGETS.items():
-        value = rat.get(f"engine/{name}", {}).get("0.99")
-        if f"engine/{name}" in rat:
-            checks[f"time to 99 % engine/{name}"] = {
-                "value": value, "limit": limit, "met": value is not None and value <= limit}
+        if f"engine/{name}" not in rat:
+            continue
+        for key, what in [(f"{a:.2f}", f"time to {a:.0%} val") for a in ACCURACIES] + [
+                ("all_epochs", "all epochs")]:
+            value = rat[f"engine/{name}"].get(key)
+            checks[f"{what}, engine/{name}"] = {
+                "value": value, "limit": limit, "met": None if value is None else value <= limit}
     return checks
 
 
@@ -209,25 +216,35 @@ def to_markdown(result: dict[str, Any]) -> str:
          f"1/{result['parts']} epoch, not counted. Contenders interleaved in "
          f"{result['parts']} slices an epoch."),
         "",
-        ("| threads | contender | s to 98 % val | s to 99 % val | s, all epochs | final val acc. "
-         "| test acc. | engine ÷ this, to 99 % | engine ÷ this, all epochs |"),
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|",
+        ("| threads | contender | s to 98 % val (epoch) | s to 99 % val (epoch) | s, all epochs "
+         "| final val acc. "
+         "| test acc. | engine ÷ this, to 98 % | to 99 % | all epochs |"),
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for run in result["runs"]:
         for name, c in run["contenders"].items():
             rat = run["ratios"].get(f"engine/{name}")
             lines.append(
-                f"| {run['threads_label']} | {name} | {_fmt(c['seconds_to']['0.98'], '.1f')} | "
-                f"{_fmt(c['seconds_to']['0.99'], '.1f')} | {c['train_seconds']:.1f} | "
+                f"| {run['threads_label']} | {name} | {_reached(c, '0.98')} | {_reached(c, '0.99')} | "
+                f"{c['train_seconds']:.1f} | "
                 f"{c['final_val_accuracy']:.4f} | {c['test_accuracy']:.4f} | "
-                + (f"{_fmt(rat['0.99'], '.3f')} | {rat['all_epochs']:.3f} |" if rat else "— | — |"))
+                + (f"{_fmt(rat['0.98'], '.3f')} | {_fmt(rat['0.99'], '.3f')} | "
+                   f"{rat['all_epochs']:.3f} |" if rat else "— | — | — |"))
     targets = [(run["threads_label"], k, t) for run in result["runs"] for k, t in run["targets"].items()]
     if targets:
-        lines += ["", "Targets (issue 10, at 1 thread):", ""]
-        lines += [f"- {k}: {'not reached' if t['value'] is None else format(t['value'], '.3f')} "
-                  f"(≤ {t['limit']}) "
-                  f"{'met' if t['met'] else '**missed**'}" for _, k, t in targets]
+        lines += ["", "Targets (issue 10, at 1 thread; engine ÷ contender):", ""]
+        lines += [f"- {k}: " + ("not reached by both, no verdict" if t["value"] is None else
+                                f"{t['value']:.3f} (≤ {t['limit']}) "
+                                f"{'met' if t['met'] else '**missed**'}") for _, k, t in targets]
+        lines += ["", "Contenders follow the same steps, but float rounding differs between "
+                  "libraries, so their validation accuracy can cross a threshold a few slices "
+                  "apart (the epoch in brackets); the whole run is the same work for all."]
     return "\n".join(lines) + "\n"
+
+
+def _reached(contender: dict[str, Any], accuracy: str) -> str:
+    seconds, epochs = contender["seconds_to"][accuracy], contender["epochs_to"][accuracy]
+    return "—" if seconds is None else f"{seconds:.1f} ({epochs:g})"
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:

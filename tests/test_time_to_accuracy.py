@@ -155,12 +155,16 @@ def test_seconds_to_and_ratios():
              {"seconds": 3.0, "val_accuracy": 0.979}, {"seconds": 4.0, "val_accuracy": 0.99}]
     assert seconds_to(curve, 0.98) == 2.0 and seconds_to(curve, 0.99) == 4.0
     assert seconds_to(curve, 0.995) is None
+    curve[3]["epochs"] = 2.5
+    assert seconds_to(curve, 0.99, "epochs") == 2.5
     res = {"engine": {"train_seconds": 6.0, "seconds_to": {"0.98": 2.0, "0.99": None}},
            "torch": {"train_seconds": 4.0, "seconds_to": {"0.98": 2.5, "0.99": 3.0}}}
     rat = ratios(res)
     assert rat == {"engine/torch": {"all_epochs": 1.5, "0.98": 0.8, "0.99": None}}
-    assert check_targets(1, rat)["time to 99 % engine/torch"] == {"value": None, "limit": 1.0,
-                                                                  "met": False}
+    checks = check_targets(1, rat)
+    assert checks["time to 99% val, engine/torch"] == {"value": None, "limit": 1.0, "met": None}
+    assert checks["time to 98% val, engine/torch"] == {"value": 0.8, "limit": 1.0, "met": True}
+    assert checks["all epochs, engine/torch"] == {"value": 1.5, "limit": 1.0, "met": False}
     assert check_targets(0, rat) == {}  # the targets are for one thread only
 
 
