@@ -233,7 +233,7 @@ def to_markdown(result: dict[str, Any]) -> str:
     targets = [(run["threads_label"], k, t) for run in result["runs"] for k, t in run["targets"].items()]
     if targets:
         lines += ["", "Targets (issue 10, at 1 thread; engine ÷ contender):", ""]
-        lines += [f"- {k}: " + ("not reached by both, no verdict" if t["value"] is None else
+        lines += [f"- {k}: " + ("not reached by one or both: no verdict" if t["value"] is None else
                                 f"{t['value']:.3f} (≤ {t['limit']}) "
                                 f"{'met' if t['met'] else '**missed**'}") for _, k, t in targets]
         lines += ["", "Contenders follow the same steps, but float rounding differs between "
