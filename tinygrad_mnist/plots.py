@@ -79,8 +79,8 @@ def _augmented_figure(images: np.ndarray, versions: list[np.ndarray],
             captions.append(" ".join(p for p in parts if p) or "not moved")
     max_shift = max((int(np.abs(s).max()) for s in shifts), default=0)
     title = (f"What the network trains on: every epoch moves each training digit by up to "
-             f"{max_shift} pixels (arrows: pixels down/up, right/left)\nnew pictures, same labels, "
-             f"so it cannot just memorise them")
+             f"{max_shift} pixel{'s' * (max_shift != 1)} (arrows: pixels down/up, right/left)\n"
+             f"new pictures, same labels, so it cannot just memorise them")
     return _tiles_figure(np.concatenate(rows), captions, len(rows[0]), title, size=1.0,
                          row_labels=["original"] + [f"epoch {r}" for r in range(1, len(rows))],
                          centre_lines=True)
