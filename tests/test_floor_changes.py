@@ -11,6 +11,7 @@ import tracemalloc
 import numpy as np
 import pytest
 
+from benchmarks import numpy_mlp
 from tinygrad_mnist import Tensor
 from tinygrad_mnist.optim import SGD, Adam, Optimizer
 
@@ -159,3 +160,44 @@ def test_a_step_allocates_nothing_the_size_of_a_weight(make):
     peak = step_peak_bytes(opt)
     assert not np.array_equal(params[0].data, w0)  # the step did update the weights
     assert peak < params[0].data.nbytes // 4, f"a step held {peak} bytes of temporaries"
+
+
+# ----------------------------------------------------------------------------- the hand-written NumPy MLP
+
+
+@pytest.mark.parametrize("case", ["plain", "nesterov+wd"])
+def test_handwritten_sgd_takes_the_engines_steps_without_weight_sized_temporaries(case):
+    """benchmarks/numpy_mlp mirrors optim.SGD: the same weights after 20 steps, bit for bit,
+    and the same in-place update (so the benchmark's engine ÷ NumPy compares equal code)."""
+    kw = {"momentum": 0.0, "nesterov": False, "weight_decay": 0.0, **SGD_CASES[case]}
+    rng = np.random.default_rng(3)
+    shapes = [(256, 128), (128,), (128, 10), (10,)]
+    params = [Tensor(rng.standard_normal(s).astype(np.float32), requires_grad=True) for s in shapes]
+    hand = [(params[i].data.copy(), params[i + 1].data.copy()) for i in (0, 2)]
+    velocity: list = [None] * 4
+    opt = SGD(params, **kw)
+
+    def hand_step(grads: list[np.ndarray]) -> None:
+        pairs = [(grads[0], grads[1]), (grads[2], grads[3])]
+        if kw["momentum"]:
+            numpy_mlp.sgd_momentum_step(hand, pairs, velocity, **kw)
+        else:
+            numpy_mlp.sgd_step(hand, pairs, kw["lr"])
+
+    for step in range(STEPS):
+        grads = [rng.standard_normal(s).astype(np.float32) for s in shapes]
+        for p, g in zip(params, grads):
+            p.grad = Tensor(g)
+        opt.step()
+        hand_step(grads)
+        assert all(np.array_equal(p.data, h) for p, h in zip(params, [a for ab in hand for a in ab])), \
+            f"step {step}"
+    tracemalloc.start()
+    try:
+        tracemalloc.reset_peak()
+        before = tracemalloc.get_traced_memory()[0]
+        hand_step(grads)
+        peak = tracemalloc.get_traced_memory()[1] - before
+    finally:
+        tracemalloc.stop()
+    assert peak < hand[0][0].nbytes // 4, f"a hand-written step held {peak} bytes of temporaries"
