@@ -35,12 +35,13 @@ def loss_and_grads(params: Params, x: np.ndarray, y: np.ndarray) -> tuple[float,
             z = np.maximum(z, 0)
         acts.append(z)
     shifted = acts[-1] - acts[-1].max(axis=1, keepdims=True)
-    logp = shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
+    dz = np.exp(shifted)  # one exp for both the loss and the softmax, as nn.CrossEntropy
+    total = dz.sum(axis=1, keepdims=True)
+    dz /= total
     rows = np.arange(len(y))
-    loss = -logp[rows, y].mean()
+    loss = (np.log(total).sum() - shifted[rows, y].sum()) / len(y)
 
-    dz = np.exp(logp)  # softmax - onehot, over the batch mean
-    dz[rows, y] -= 1
+    dz[rows, y] -= 1  # softmax - onehot, over the batch mean
     dz *= np.float32(1 / len(y))
     grads: Params = []
     for i in reversed(range(len(params))):

@@ -2,7 +2,9 @@
 and gives the same numbers as the formulas it replaced, written out here as they were.
 
 SGD's and Adam's updates work in scratch buffers: bit-identical to the formulas they had,
-and a step allocates nothing the size of a weight.
+and a step allocates nothing the size of a weight. Cross-entropy takes one exp instead of
+two (its loss and softmax within float32 rounding of float64's). benchmarks/numpy_mlp, the
+hand-written reference, does each the same way.
 """
 from __future__ import annotations
 
@@ -13,11 +15,13 @@ import pytest
 
 from benchmarks import numpy_mlp
 from tinygrad_mnist import Tensor
+from tinygrad_mnist.nn import MLP, cross_entropy
 from tinygrad_mnist.optim import SGD, Adam, Optimizer
 
 # float32 weights and biases, with one float64 parameter among them: scratch kept per dtype
 PARAMS = [((30, 20), np.float32), ((20,), np.float64), ((20, 5), np.float32), ((5,), np.float32)]
 STEPS = 20
+EPS32 = float(np.finfo(np.float32).eps)
 
 
 def fresh_params(seed: int = 0) -> list[Tensor]:
@@ -201,3 +205,59 @@ def test_handwritten_sgd_takes_the_engines_steps_without_weight_sized_temporarie
     finally:
         tracemalloc.stop()
     assert peak < hand[0][0].nbytes // 4, f"a hand-written step held {peak} bytes of temporaries"
+
+
+# ----------------------------------------------------------------------------- cross-entropy
+
+
+def count_exps(monkeypatch) -> list[tuple[int, ...]]:
+    """The shapes np.exp is called on from now until the monkeypatch is undone."""
+    calls: list[tuple[int, ...]] = []
+    real = np.exp
+
+    def exp(x, *args, **kwargs):
+        calls.append(np.shape(x))
+        return real(x, *args, **kwargs)
+
+    monkeypatch.setattr(np, "exp", exp)
+    return calls
+
+
+def test_cross_entropy_takes_one_exp_and_keeps_its_numbers(monkeypatch):
+    rng = np.random.default_rng(4)
+    z, y = (rng.standard_normal((128, 10)) * 3).astype(np.float32), rng.integers(0, 10, 128)
+    rows = np.arange(128)
+    calls = count_exps(monkeypatch)
+    t = Tensor(z, requires_grad=True)
+    loss = cross_entropy(t, y)
+    loss.backward()
+    assert calls == [(128, 10)]  # one exp, for the loss and the softmax alike
+    monkeypatch.undo()
+    z64 = z.astype(np.float64) - z.max(axis=1, keepdims=True)
+    p64 = np.exp(z64) / np.exp(z64).sum(axis=1, keepdims=True)
+    assert loss.dtype == np.float32
+    np.testing.assert_allclose(loss.item(), -np.log(p64[rows, y]).mean(), rtol=2 * EPS32)
+    # the gradient is the forward's softmax (exp / row sums) minus the one-hot, over N
+    e = np.exp(z - z.max(axis=1, keepdims=True))
+    want = e / e.sum(axis=1, keepdims=True)
+    want[rows, y] -= 1
+    want *= np.float32(1 / 128)
+    assert np.array_equal(t.grad.data, want)
+
+
+def test_handwritten_loss_takes_one_exp_and_equals_the_engines(monkeypatch):
+    """benchmarks/numpy_mlp computes the loss as nn.CrossEntropy does: the same loss and
+    gradients as the engine, bit for bit."""
+    rng = np.random.default_rng(5)
+    x, y = rng.standard_normal((64, 20)).astype(np.float32), rng.integers(0, 10, 64)
+    model = MLP([20, 16, 12, 10], seed=0)
+    params = numpy_mlp.params_from_state_dict(model.state_dict())
+    calls = count_exps(monkeypatch)
+    loss, grads = numpy_mlp.loss_and_grads(params, x, y)
+    assert calls == [(64, 10)]
+    monkeypatch.undo()
+    engine_loss = cross_entropy(model(Tensor(x)), y)
+    engine_loss.backward()
+    assert engine_loss.item() == loss
+    got = [p.grad.data for p in model.parameters()]
+    assert all(np.array_equal(g, h) for g, h in zip(got, [a for pair in grads for a in pair], strict=True))
