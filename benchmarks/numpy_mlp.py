@@ -27,11 +27,10 @@ def forward(params: Params, x: np.ndarray) -> np.ndarray:
 
 def loss_and_grads(params: Params, x: np.ndarray, y: np.ndarray) -> tuple[float, Params]:
     """Mean cross-entropy of the batch and its gradient for every (weight, bias)."""
-    acts, masks = [x], []
+    acts = [x]
     for i, (w, b) in enumerate(params):
         z = acts[-1] @ w + b
         if i < len(params) - 1:
-            masks.append(z > 0)
             z = np.maximum(z, 0)
         acts.append(z)
     shifted = acts[-1] - acts[-1].max(axis=1, keepdims=True)
@@ -47,7 +46,7 @@ def loss_and_grads(params: Params, x: np.ndarray, y: np.ndarray) -> tuple[float,
     for i in reversed(range(len(params))):
         grads.append((acts[i].T @ dz, dz.sum(axis=0)))
         if i:
-            dz = (dz @ params[i][0].T) * masks[i - 1]
+            dz = (dz @ params[i][0].T) * (acts[i] > 0)  # ReLU's mask from its output, as ops.ReLU
     return float(loss), grads[::-1]
 
 

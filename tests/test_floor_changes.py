@@ -3,8 +3,9 @@ and gives the same numbers as the formulas it replaced, written out here as they
 
 SGD's and Adam's updates work in scratch buffers: bit-identical to the formulas they had,
 and a step allocates nothing the size of a weight. Cross-entropy takes one exp instead of
-two (its loss and softmax within float32 rounding of float64's). benchmarks/numpy_mlp, the
-hand-written reference, does each the same way.
+two (its loss and softmax within float32 rounding of float64's). ReLU keeps no mask: its
+backward reads its output. benchmarks/numpy_mlp, the hand-written reference, does each the
+same way.
 """
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ import numpy as np
 import pytest
 
 from benchmarks import numpy_mlp
-from tinygrad_mnist import Tensor
+from tinygrad_mnist import Tensor, grad
 from tinygrad_mnist.nn import MLP, cross_entropy
 from tinygrad_mnist.optim import SGD, Adam, Optimizer
 
@@ -261,3 +262,31 @@ def test_handwritten_loss_takes_one_exp_and_equals_the_engines(monkeypatch):
     assert engine_loss.item() == loss
     got = [p.grad.data for p in model.parameters()]
     assert all(np.array_equal(g, h) for g, h in zip(got, [a for pair in grads for a in pair], strict=True))
+
+
+# ----------------------------------------------------------------------------- ReLU
+
+
+def test_relu_keeps_no_mask_and_its_gradients_stay_exact():
+    """ReLU's backward reads its own output (> 0 just where the input was), so the graph holds
+    no bool mask beside it; the gradients are the same step function, first and second order."""
+    rng = np.random.default_rng(6)
+    x_np = rng.standard_normal((256, 256)).astype(np.float32)
+    x_np[0, :4] = [0.0, -0.0, np.nan, 1e-45]  # the edges: no gradient at 0, -0 or NaN
+    x = Tensor(x_np, requires_grad=True)
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        y = x.relu()
+        held = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert held < y.data.nbytes + x_np.size // 8, f"ReLU's forward keeps {held} bytes"
+    g = rng.standard_normal(x_np.shape).astype(np.float32)
+    y.backward(Tensor(g))
+    assert np.array_equal(x.grad.data, g * (x_np > 0))
+    assert list(x.grad.data[0, :4]) == [0, 0, 0, g[0, 3]]
+    x2 = Tensor(np.array([-1.5, 0.0, 2.0, -0.0, 0.5]), requires_grad=True)
+    [gx] = grad((x2.relu() * x2).sum(), [x2], create_graph=True)  # d/dx x relu(x) = 2 relu(x)
+    [ggx] = grad(gx.sum(), [x2])
+    assert list(gx.data) == [0, 0, 4, 0, 1] and list(ggx.data) == [0, 0, 2, 0, 2]
