@@ -42,6 +42,18 @@ class Optimizer:
         self.lr = _check("lr", lr, 0.0, low_open=True)
         self.steps = 0
         self.state: list[dict[str, np.ndarray]] = [{} for _ in self.params]
+        self._buffers: dict[tuple[np.dtype, int], np.ndarray] = {}  # see _scratch
+
+    def _scratch(self, w: np.ndarray, dtype: np.dtype, k: int = 0) -> np.ndarray:
+        """Scratch array number k, shaped like w: a view of a buffer kept across steps (one per
+        dtype, as big as the largest parameter), so that an update needs no temporary the size
+        of a weight. Products with g take np.result_type(w, g), as `g * w` would: a float64
+        p.grad on float32 weights is then computed in float64 as before."""
+        buf = self._buffers.get((dtype, k))
+        if buf is None or buf.size < w.size:
+            size = max(w.size, *(p.size for p in self.params))
+            buf = self._buffers[(dtype, k)] = np.empty(size, dtype)
+        return buf[:w.size].reshape(w.shape)
 
     def zero_grad(self) -> None:
         for p in self.params:
@@ -116,8 +128,12 @@ class SGD(Optimizer):
         self._state_keys = ("velocity",) if self.momentum else ()
 
     def _update(self, w: np.ndarray, g: np.ndarray, state: dict[str, np.ndarray]) -> None:
+        # in place: a step allocates nothing the size of a weight. The same roundings as
+        # g = g + wd * w; v = m * v + g; g = g + m * v (Nesterov) or v; w -= lr * g, but
+        # nothing is written into g itself: that is the user's p.grad.
+        tmp = self._scratch(w, np.result_type(w, g))
         if self.weight_decay:
-            g = g + self.weight_decay * w
+            g = np.add(np.multiply(w, self.weight_decay, out=tmp), g, out=tmp)
         if self.momentum:
             v = state.get("velocity")
             if v is None:
@@ -125,8 +141,12 @@ class SGD(Optimizer):
             else:
                 v *= self.momentum
                 v += g
-            g = g + self.momentum * v if self.nesterov else v
-        w -= self.lr * g
+            if self.nesterov:
+                tmp2 = self._scratch(w, tmp.dtype, 1)
+                g = np.add(np.multiply(v, self.momentum, out=tmp2), g, out=tmp2)
+            else:
+                g = v
+        w -= np.multiply(g, self.lr, out=tmp)
 
 
 class Adam(Optimizer):
@@ -146,18 +166,26 @@ class Adam(Optimizer):
         self.weight_decay = _check("weight_decay", weight_decay, 0.0)
 
     def _update(self, w: np.ndarray, g: np.ndarray, state: dict[str, np.ndarray]) -> None:
+        # in place, as SGD, with the same roundings as the formula in each comment
         b1, b2 = self.betas
-        if self.weight_decay:
-            g = g + self.weight_decay * w
+        gtype = np.result_type(w, g)
+        tmp, tmp2 = self._scratch(w, gtype), self._scratch(w, gtype, 1)
+        if self.weight_decay:  # g = g + wd * w
+            g = np.add(np.multiply(w, self.weight_decay, out=tmp2), g, out=tmp2)
         if not state:
             state.update(step=np.array(0), m=np.zeros_like(w), v=np.zeros_like(w))
         state["step"] += 1
         m, v, t = state["m"], state["v"], int(state["step"])
         m *= b1
-        m += (1 - b1) * g
+        m += np.multiply(g, 1 - b1, out=tmp)  # m = b1 * m + (1 - b1) * g
         v *= b2
-        v += (1 - b2) * g * g
-        w -= (self.lr / (1 - b1 ** t)) * m / (np.sqrt(v / (1 - b2 ** t)) + self.eps)
+        v += np.multiply(np.multiply(g, 1 - b2, out=tmp), g, out=tmp)  # v = b2 * v + (1 - b2) * g * g
+        # w -= lr / (1 - b1 ** t) * m / (sqrt(v / (1 - b2 ** t)) + eps), in w's dtype (as m and v
+        # are); g is used up, so its scratch (the same one unless p.grad has another dtype) is free
+        num, den = self._scratch(w, w.dtype), self._scratch(w, w.dtype, 1)
+        np.sqrt(np.divide(v, 1 - b2 ** t, out=den), out=den)
+        den += self.eps
+        w -= np.divide(np.multiply(m, self.lr / (1 - b1 ** t), out=num), den, out=num)
 
 
 class StepLR:
