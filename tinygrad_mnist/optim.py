@@ -47,8 +47,7 @@ class Optimizer:
     def _scratch(self, w: np.ndarray, dtype: np.dtype, k: int = 0) -> np.ndarray:
         """Scratch array number k, shaped like w: a view of a buffer kept across steps (one per
         dtype, as big as the largest parameter), so that an update needs no temporary the size
-        of a weight. Products with g take np.result_type(w, g), as `g * w` would: a float64
-        p.grad on float32 weights is then computed in float64 as before."""
+        of a weight."""
         buf = self._buffers.get((dtype, k))
         if buf is None or buf.size < w.size:
             size = max(w.size, *(p.size for p in self.params))
@@ -166,26 +165,18 @@ class Adam(Optimizer):
         self.weight_decay = _check("weight_decay", weight_decay, 0.0)
 
     def _update(self, w: np.ndarray, g: np.ndarray, state: dict[str, np.ndarray]) -> None:
-        # in place, as SGD, with the same roundings as the formula in each comment
         b1, b2 = self.betas
-        gtype = np.result_type(w, g)
-        tmp, tmp2 = self._scratch(w, gtype), self._scratch(w, gtype, 1)
-        if self.weight_decay:  # g = g + wd * w
-            g = np.add(np.multiply(w, self.weight_decay, out=tmp2), g, out=tmp2)
+        if self.weight_decay:
+            g = g + self.weight_decay * w
         if not state:
             state.update(step=np.array(0), m=np.zeros_like(w), v=np.zeros_like(w))
         state["step"] += 1
         m, v, t = state["m"], state["v"], int(state["step"])
         m *= b1
-        m += np.multiply(g, 1 - b1, out=tmp)  # m = b1 * m + (1 - b1) * g
+        m += (1 - b1) * g
         v *= b2
-        v += np.multiply(np.multiply(g, 1 - b2, out=tmp), g, out=tmp)  # v = b2 * v + (1 - b2) * g * g
-        # w -= lr / (1 - b1 ** t) * m / (sqrt(v / (1 - b2 ** t)) + eps), in w's dtype (as m and v
-        # are); g is used up, so its scratch (the same one unless p.grad has another dtype) is free
-        num, den = self._scratch(w, w.dtype), self._scratch(w, w.dtype, 1)
-        np.sqrt(np.divide(v, 1 - b2 ** t, out=den), out=den)
-        den += self.eps
-        w -= np.divide(np.multiply(m, self.lr / (1 - b1 ** t), out=num), den, out=num)
+        v += (1 - b2) * g * g
+        w -= (self.lr / (1 - b1 ** t)) * m / (np.sqrt(v / (1 - b2 ** t)) + self.eps)
 
 
 class StepLR:
