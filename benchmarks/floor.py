@@ -24,8 +24,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from .time_to_accuracy import RECIPE, machine_facts, set_threads
-from .train_speed import add_io_flags, numpy_info, write_results
+from .train_speed import add_io_flags, machine_facts, numpy_info, set_threads, write_results
 
 MODELS = {"784-128-10": [784, 128, 10], "784-512-256-10": [784, 512, 256, 10],
           "784-512-512-10": [784, 512, 512, 10]}
@@ -87,6 +86,7 @@ def engine_step(sizes: list[int], batch: int, recipe_sgd: bool, seed: int = 0
     import numpy as np
 
     from .contenders import initial_params, make_trainer
+    from .time_to_accuracy import RECIPE  # imports NumPy: only after set_threads
 
     rng = np.random.default_rng(seed)
     x = rng.random((batch, sizes[0]), dtype=np.float32)
@@ -102,6 +102,8 @@ def augment_batch(batch: int, seed: int = 0) -> Callable[[], None]:
     import numpy as np
 
     from tinygrad_mnist.augment import epoch_shifts, shift
+
+    from .time_to_accuracy import RECIPE
 
     x = np.random.default_rng(seed).random((batch, 784), dtype=np.float32)
     shifts = epoch_shifts(seed, 0, batch, RECIPE["max_shift"])

@@ -24,7 +24,6 @@ import argparse
 import importlib.util
 import json
 import os
-import platform
 import subprocess
 import sys
 import tempfile
@@ -33,7 +32,16 @@ from typing import Any
 
 from tinygrad_mnist.train import TrainConfig
 
-from .train_speed import OPTIONAL, ROOT, THREAD_VARS, Worker, add_io_flags, numpy_info, write_results
+from .train_speed import (
+    OPTIONAL,
+    ROOT,
+    Worker,
+    add_io_flags,
+    machine_facts,
+    numpy_info,
+    set_threads,
+    write_results,
+)
 
 # The default recipe: `tinygrad-mnist train`'s own defaults (TrainConfig), so the two never drift.
 _D = TrainConfig()
@@ -85,16 +93,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         p.error("--threads, --epochs, --parts and --batch must be positive")
     args.recipe = {**RECIPE, **{k: getattr(args, k) for k in RECIPE if hasattr(args, k)}}
     return args
-
-
-def set_threads(threads: int) -> None:
-    """Pin every thread knob for the workers started next, or (0) unset them all."""
-    for var in THREAD_VARS:
-        if threads:
-            os.environ[var] = str(threads)
-        else:
-            os.environ.pop(var, None)
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 
 class RecipeWorker(Worker):
@@ -183,16 +181,6 @@ def check_targets(threads: int, rat: dict[str, dict[str, float | None]]) -> dict
             checks[f"{what}, engine/{name}"] = {
                 "value": value, "limit": limit, "met": None if value is None else value <= limit}
     return checks
-
-
-def machine_facts() -> dict[str, Any]:
-    cpu = "unknown"
-    with open("/proc/cpuinfo") as f:
-        cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")),
-                   cpu)
-    return {"cpu": cpu, "cores": os.cpu_count(), "usable_cores": len(os.sched_getaffinity(0)),
-            "platform": platform.platform(), "python": platform.python_version(),
-            "load_average_start": os.getloadavg()}
 
 
 def _fmt(value: float | None, spec: str) -> str:

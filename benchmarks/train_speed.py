@@ -37,6 +37,27 @@ THREAD_VARS = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS",
 OPTIONAL = {"tensorflow": "tensorflow", "torch": "torch"}  # contender -> module it needs
 
 
+def set_threads(threads: int) -> None:
+    """Pin every thread knob for the workers started next (and for this process, if it has not
+    loaded NumPy yet), or (0) unset them all."""
+    for var in THREAD_VARS:
+        if threads:
+            os.environ[var] = str(threads)
+        else:
+            os.environ.pop(var, None)
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
+def machine_facts() -> dict[str, Any]:
+    cpu = "unknown"
+    with open("/proc/cpuinfo") as f:
+        cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")),
+                   cpu)
+    return {"cpu": cpu, "cores": os.cpu_count(), "usable_cores": len(os.sched_getaffinity(0)),
+            "platform": platform.platform(), "python": platform.python_version(),
+            "load_average_start": os.getloadavg()}
+
+
 def add_io_flags(p: argparse.ArgumentParser, data: bool = True) -> None:
     """--data (where MNIST is) and --out (where the results go), alike for every benchmark."""
     if data:
@@ -177,16 +198,8 @@ def check_targets(model: str, rat: dict[str, dict[str, Any]]) -> dict[str, dict[
 
 
 def machine_info(threads: int) -> dict[str, Any]:
-    cpu = "unknown"
-    with open("/proc/cpuinfo") as f:
-        for line in f:
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    return {"cpu": cpu, "cores": os.cpu_count(), "usable_cores": len(os.sched_getaffinity(0)),
-            "platform": platform.platform(), "python": platform.python_version(),
-            "threads": threads, "thread_env": {v: os.environ[v] for v in THREAD_VARS},
-            "load_average_start": os.getloadavg()}
+    return {**machine_facts(), "threads": threads,
+            "thread_env": {v: os.environ[v] for v in THREAD_VARS}}
 
 
 def numpy_info() -> dict[str, Any]:

@@ -1,11 +1,14 @@
 """The BLAS-floor benchmark: the floor step does a step's products, and the report holds every
 model with the issue's reference figures."""
 import json
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 
 from benchmarks import floor
+from benchmarks.train_speed import ROOT
 
 
 def test_floor_step_runs_every_product_of_a_step(monkeypatch):
@@ -55,3 +58,12 @@ def test_bad_arguments():
         floor.parse_args(["--models", "784-10"])
     with pytest.raises(SystemExit):
         floor.parse_args(["--rounds", "0"])
+
+
+def test_threads_flag_comes_before_numpy():
+    """floor times in its own process: --threads works only if importing the benchmark did
+    not load NumPy (OpenBLAS reads its thread count once, when it is loaded)."""
+    code = "import sys, benchmarks.floor; print('numpy' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
+                         check=True).stdout
+    assert out.strip() == "False"
