@@ -27,46 +27,33 @@ def forward(params: Params, x: np.ndarray) -> np.ndarray:
 
 def loss_and_grads(params: Params, x: np.ndarray, y: np.ndarray) -> tuple[float, Params]:
     """Mean cross-entropy of the batch and its gradient for every (weight, bias)."""
-    acts = [x]
+    acts, masks = [x], []
     for i, (w, b) in enumerate(params):
         z = acts[-1] @ w + b
         if i < len(params) - 1:
+            masks.append(z > 0)
             z = np.maximum(z, 0)
         acts.append(z)
     shifted = acts[-1] - acts[-1].max(axis=1, keepdims=True)
-    dz = np.exp(shifted)  # one exp for both the loss and the softmax, as nn.CrossEntropy
-    total = dz.sum(axis=1, keepdims=True)
-    dz /= total
+    logp = shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
     rows = np.arange(len(y))
-    loss = (np.log(total).sum() - shifted[rows, y].sum()) / len(y)
+    loss = -logp[rows, y].mean()
 
-    dz[rows, y] -= 1  # softmax - onehot, over the batch mean
+    dz = np.exp(logp)  # softmax - onehot, over the batch mean
+    dz[rows, y] -= 1
     dz *= np.float32(1 / len(y))
     grads: Params = []
     for i in reversed(range(len(params))):
         grads.append((acts[i].T @ dz, dz.sum(axis=0)))
         if i:
-            dz = (dz @ params[i][0].T) * (acts[i] > 0)  # ReLU's mask from its output, as ops.ReLU
+            dz = (dz @ params[i][0].T) * masks[i - 1]
     return float(loss), grads[::-1]
 
 
-_buffers: dict[tuple[np.dtype, int], np.ndarray] = {}  # see _scratch
-
-
-def _scratch(like: np.ndarray, k: int = 0) -> np.ndarray:
-    """Scratch array number k shaped like `like`, a view of a buffer kept across steps, as
-    `optim.Optimizer._scratch` keeps them: a step allocates nothing the size of a weight."""
-    buf = _buffers.get((like.dtype, k))
-    if buf is None or buf.size < like.size:
-        buf = _buffers[(like.dtype, k)] = np.empty(like.size, like.dtype)
-    return buf[:like.size].reshape(like.shape)
-
-
 def sgd_step(params: Params, grads: Params, lr: float) -> None:
-    """w -= lr * g for every weight and bias, in place as the engine's `optim.SGD` does it."""
     for (w, b), (gw, gb) in zip(params, grads):
-        w -= np.multiply(gw, lr, out=_scratch(gw))
-        b -= np.multiply(gb, lr, out=_scratch(gb))
+        w -= lr * gw
+        b -= lr * gb
 
 
 def sgd_momentum_step(params: Params, grads: Params, velocity: list[np.ndarray | None], lr: float,
@@ -79,9 +66,8 @@ def sgd_momentum_step(params: Params, grads: Params, velocity: list[np.ndarray |
     flat_params = [a for pair in params for a in pair]
     flat_grads = [a for pair in grads for a in pair]
     for i, (w, g) in enumerate(zip(flat_params, flat_grads)):
-        tmp = _scratch(g)
         if weight_decay:
-            g = np.add(np.multiply(w, weight_decay, out=tmp), g, out=tmp)  # g + wd * w
+            g = g + weight_decay * w
         if momentum:
             v = velocity[i]
             if v is None:
@@ -89,9 +75,5 @@ def sgd_momentum_step(params: Params, grads: Params, velocity: list[np.ndarray |
             else:
                 v *= momentum
                 v += g
-            if nesterov:
-                tmp2 = _scratch(g, 1)
-                g = np.add(np.multiply(v, momentum, out=tmp2), g, out=tmp2)  # g + momentum * v
-            else:
-                g = v
-        w -= np.multiply(g, lr, out=tmp)
+            g = g + momentum * v if nesterov else v
+        w -= lr * g

@@ -42,17 +42,6 @@ class Optimizer:
         self.lr = _check("lr", lr, 0.0, low_open=True)
         self.steps = 0
         self.state: list[dict[str, np.ndarray]] = [{} for _ in self.params]
-        self._buffers: dict[tuple[np.dtype, int], np.ndarray] = {}  # see _scratch
-
-    def _scratch(self, w: np.ndarray, dtype: np.dtype, k: int = 0) -> np.ndarray:
-        """Scratch array number k, shaped like w: a view of a buffer kept across steps (one per
-        dtype, as big as the largest parameter), so that an update needs no temporary the size
-        of a weight."""
-        buf = self._buffers.get((dtype, k))
-        if buf is None or buf.size < w.size:
-            size = max(w.size, *(p.size for p in self.params))
-            buf = self._buffers[(dtype, k)] = np.empty(size, dtype)
-        return buf[:w.size].reshape(w.shape)
 
     def zero_grad(self) -> None:
         for p in self.params:
@@ -127,12 +116,8 @@ class SGD(Optimizer):
         self._state_keys = ("velocity",) if self.momentum else ()
 
     def _update(self, w: np.ndarray, g: np.ndarray, state: dict[str, np.ndarray]) -> None:
-        # in place: a step allocates nothing the size of a weight. The same roundings as
-        # g = g + wd * w; v = m * v + g; g = g + m * v (Nesterov) or v; w -= lr * g, but
-        # nothing is written into g itself: that is the user's p.grad.
-        tmp = self._scratch(w, np.result_type(w, g))
         if self.weight_decay:
-            g = np.add(np.multiply(w, self.weight_decay, out=tmp), g, out=tmp)
+            g = g + self.weight_decay * w
         if self.momentum:
             v = state.get("velocity")
             if v is None:
@@ -140,12 +125,8 @@ class SGD(Optimizer):
             else:
                 v *= self.momentum
                 v += g
-            if self.nesterov:
-                tmp2 = self._scratch(w, tmp.dtype, 1)
-                g = np.add(np.multiply(v, self.momentum, out=tmp2), g, out=tmp2)
-            else:
-                g = v
-        w -= np.multiply(g, self.lr, out=tmp)
+            g = g + self.momentum * v if self.nesterov else v
+        w -= self.lr * g
 
 
 class Adam(Optimizer):
