@@ -151,10 +151,12 @@ class Sqrt(Function):
 
 
 class ReLU(Function):
-    def forward(ctx, x): return np.maximum(x.data, 0)
+    def forward(ctx, x):
+        ctx.save(x.data > 0)
+        return np.maximum(x.data, 0)
 
-    def backward(ctx, out, g):  # the output is > 0 just where the input was: no mask to keep
-        mask = out.data > 0
+    def backward(ctx, out, g):
+        mask = ctx.saved[0]
         return g * _const(mask) if is_grad_enabled() else _const(g.data * mask)
 
 
