@@ -140,14 +140,15 @@ def race(contenders: list[str], args: argparse.Namespace, threads: int) -> dict[
     for r in results.values():
         r["train_seconds"] = r["curve"][-1]["seconds"]
         r["final_val_accuracy"] = r["curve"][-1]["val_accuracy"]
-        r["seconds_to"] = {f"{a:.2f}": seconds_to(r["curve"], a) for a in ACCURACIES}
-        r["epochs_to"] = {f"{a:.2f}": seconds_to(r["curve"], a, "epochs") for a in ACCURACIES}
+        r["seconds_to"] = {f"{a:.2f}": first_reached(r["curve"], a) for a in ACCURACIES}
+        r["epochs_to"] = {f"{a:.2f}": first_reached(r["curve"], a, "epochs") for a in ACCURACIES}
     return results
 
 
-def seconds_to(curve: list[dict[str, float]], accuracy: float, key: str = "seconds") -> float | None:
-    """Training seconds (or `key`: "epochs") at the first validation that reached `accuracy`;
-    None if none did."""
+def first_reached(curve: list[dict[str, float]], accuracy: float, key: str = "seconds"
+                  ) -> float | None:
+    """The training seconds (or epochs, with key="epochs") at the first validation that
+    reached `accuracy`; None if none did."""
     return next((p[key] for p in curve if p["val_accuracy"] >= accuracy), None)
 
 

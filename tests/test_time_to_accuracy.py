@@ -5,6 +5,7 @@ import json
 import subprocess
 import sys
 import zlib
+from typing import Any
 
 import numpy as np
 import pytest
@@ -20,9 +21,9 @@ from benchmarks.contenders import (
 from benchmarks.time_to_accuracy import (
     RECIPE,
     check_targets,
+    first_reached,
     parse_args,
     ratios,
-    seconds_to,
 )
 from benchmarks.train_speed import ROOT
 from tinygrad_mnist.augment import epoch_shifts, shift
@@ -97,27 +98,27 @@ def test_handwritten_momentum_step_is_the_engines_sgd():
                                        rtol=1e-6)
 
 
-def test_tensorflow_takes_the_same_momentum_steps(tf, mnist):
+def five_momentum_steps(name: str, mnist) -> tuple[Any, Any]:
+    """Contender `name` and the hand-written network after the same 5 recipe steps."""
     init = initial_params(SMALL, seed=0)
-    flow, hand = (make_trainer(n, init, RECIPE["lr"], **OPTIM) for n in ("tensorflow", "numpy"))
+    other, hand = (make_trainer(n, init, RECIPE["lr"], **OPTIM) for n in (name, "numpy"))
     for step, (xb, yb) in enumerate(augmented_batches(mnist.train_x, mnist.train_y, 0, 0, 128, 2,
                                                       0, 5)):
-        for t in (flow, hand):
+        for t in (other, hand):
             t.set_lr(0.1 - 0.01 * step)
             t.step(xb, yb)
+    return other, hand
+
+
+def test_tensorflow_takes_the_same_momentum_steps(tf, mnist):
+    flow, hand = five_momentum_steps("tensorflow", mnist)
     got = [v.numpy() for v in flow.vars]
     for g, w in zip(got, [a for pair in hand.params for a in pair]):
         np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-5)
 
 
 def test_torch_takes_the_same_momentum_steps(mnist, torch):
-    init = initial_params(SMALL, seed=0)
-    torch_t, hand = (make_trainer(n, init, RECIPE["lr"], **OPTIM) for n in ("torch", "numpy"))
-    for step, (xb, yb) in enumerate(augmented_batches(mnist.train_x, mnist.train_y, 0, 0, 128, 2,
-                                                      0, 5)):
-        for t in (torch_t, hand):
-            t.set_lr(0.1 - 0.01 * step)
-            t.step(xb, yb)
+    torch_t, hand = five_momentum_steps("torch", mnist)
     got = [a for m in torch_t.model[0::2] for a in (m.weight.detach().numpy().T,
                                                      m.bias.detach().numpy())]
     for g, w in zip(got, [a for pair in hand.params for a in pair]):
@@ -150,13 +151,13 @@ def test_worker_trains_the_recipe_on_the_same_bytes(mnist_dir, mnist):
     assert done["peak_rss_mb"] > 100
 
 
-def test_seconds_to_and_ratios():
+def test_first_reached_and_ratios():
     curve = [{"seconds": 1.0, "val_accuracy": 0.97}, {"seconds": 2.0, "val_accuracy": 0.985},
              {"seconds": 3.0, "val_accuracy": 0.979}, {"seconds": 4.0, "val_accuracy": 0.99}]
-    assert seconds_to(curve, 0.98) == 2.0 and seconds_to(curve, 0.99) == 4.0
-    assert seconds_to(curve, 0.995) is None
+    assert first_reached(curve, 0.98) == 2.0 and first_reached(curve, 0.99) == 4.0
+    assert first_reached(curve, 0.995) is None
     curve[3]["epochs"] = 2.5
-    assert seconds_to(curve, 0.99, "epochs") == 2.5
+    assert first_reached(curve, 0.99, "epochs") == 2.5
     res = {"engine": {"train_seconds": 6.0, "seconds_to": {"0.98": 2.0, "0.99": None}},
            "torch": {"train_seconds": 4.0, "seconds_to": {"0.98": 2.5, "0.99": 3.0}}}
     rat = ratios(res)
