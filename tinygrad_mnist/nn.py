@@ -128,10 +128,11 @@ class Linear(Module):
         if not isinstance(x, Tensor):  # as PyTorch: no silent conversion of arrays or lists
             raise TypeError(f"{self.scope_label()} expects a Tensor, got {type(x).__name__}; "
                             f"wrap it as Tensor(x)")
-        if x.ndim == 0 or x.shape[-1] != self.in_features:
+        shape = x.data.shape
+        if not shape or shape[-1] != self.in_features:
             raise ValueError(f"{self.scope_label()} expects inputs with {self.in_features} "
-                             f"features in the last axis, got shape {x.shape}")
-        if x.ndim == 2 and self.bias is not None:  # a batch of vectors: the fused op
+                             f"features in the last axis, got shape {shape}")
+        if len(shape) == 2 and self.bias is not None:  # a batch of vectors: the fused op
             return Affine.apply(x, self.weight, self.bias)
         y = x @ self.weight
         return y + self.bias if self.bias is not None else y
@@ -227,12 +228,12 @@ class CrossEntropy(Function):
         z = logits.data
         shifted = z - z.max(axis=1, keepdims=True)
         logp = shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
-        ctx.save(logits, labels, np.exp(logp))
-        return np.asarray(-logp[np.arange(len(labels)), labels].mean(), dtype=z.dtype)
+        rows = np.arange(len(labels))
+        ctx.save(logits, labels, rows, np.exp(logp))
+        return np.asarray(-(logp[rows, labels].sum() / len(labels)), dtype=z.dtype)  # the mean
 
     def backward(ctx, out: Tensor, g: Tensor) -> Tensor:
-        logits, labels, probs = ctx.saved
-        rows = np.arange(len(labels))
+        logits, labels, rows, probs = ctx.saved
         if is_grad_enabled():  # create_graph: the gradient must be made of recorded ops
             onehot = np.zeros_like(probs)
             onehot[rows, labels] = 1

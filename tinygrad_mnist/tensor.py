@@ -137,8 +137,11 @@ class Tensor:
     @classmethod
     def _wrap(cls, data: np.ndarray, ctx: Function | None = None) -> Tensor:
         """Internal fast constructor: no checks, no conversion (op outputs and constants)."""
-        t = cls.__new__(cls)
-        t.data, t.requires_grad, t.grad, t.name, t._ctx = data, ctx is not None, None, None, ctx
+        t = cls.__new__(cls)  # one attribute per line: cheaper than packing a tuple to unpack
+        t.data = data
+        t.requires_grad = ctx is not None
+        t._ctx = ctx
+        t.grad = t.name = None
         t._retains_grad = False
         return t
 
@@ -275,11 +278,11 @@ def grad(output: Tensor, inputs: Sequence[Tensor], grad_output: Any = None,
     handed: set[int] = set()
     grads = _backprop(output, grad_output, retain_graph, create_graph, store=False, handed=handed)
     with set_grad_enabled(create_graph):
-        return [_owned(grads[id(t)], handed) if id(t) in grads else None for t in inputs]
+        return [_owned(grads[t], handed) if t in grads else None for t in inputs]
 
 
 def _backprop(root: Tensor, seed: Any, retain_graph: bool, create_graph: bool,
-              store: bool, handed: set[int] | None = None) -> dict[int, Tensor]:
+              store: bool, handed: set[int] | None = None) -> dict[Tensor, Tensor]:
     if not isinstance(root, Tensor):
         raise TypeError(f"backward needs a Tensor, got {type(root).__name__}")
     if not root.requires_grad:
@@ -298,15 +301,15 @@ def _backprop(root: Tensor, seed: Any, retain_graph: bool, create_graph: bool,
                              f"shape {root.shape}")
         handed.add(id(seed.data))  # the caller's array: a .grad may not take it over
     retain_graph = retain_graph or create_graph  # the gradient's graph reuses this one's tensors
-    grads: dict[int, Tensor] = {id(root): seed}
-    todo: list[tuple[int, int, Tensor]] = []
+    grads: dict[Tensor, Tensor] = {root: seed}  # keyed by the tensor itself: hashed by identity
+    todo: list[tuple[int, Tensor]] = []
     leaves: list[Tensor] = []
     _reached(root, todo, leaves)
     with set_grad_enabled(create_graph):
         while todo:
-            t = heapq.heappop(todo)[2]
+            t = heapq.heappop(todo)[1]
             # free each gradient once used: keeping them all costs ~4% of a training step
-            g = grads.pop(id(t)) if store else grads[id(t)]
+            g = grads.pop(t) if store else grads[t]
             if store and t._retains_grad:
                 t.grad = _owned(g, handed) if t.grad is None else t.grad + g
             ctx = t._ctx
@@ -331,17 +334,16 @@ def _backprop(root: Tensor, seed: Any, retain_graph: bool, create_graph: bool,
                                            f"shape {pg.shape} for an input of shape {p.shape}")
                 if pg.data.dtype != p.data.dtype:  # float32 * float64 is float64; x.grad is x's dtype
                     pg = pg.astype(p.dtype)
-                k = id(p)
-                if k in grads:
-                    grads[k] = grads[k] + pg
+                if p in grads:
+                    grads[p] = grads[p] + pg
                 else:
-                    grads[k] = pg
+                    grads[p] = pg
                     _reached(p, todo, leaves)
             if not retain_graph:
                 ctx.saved = None
         if store:
             for t in leaves:
-                g = grads[id(t)]
+                g = grads[t]
                 t.grad = _owned(g, handed) if t.grad is None else t.grad + g
     return grads
 
@@ -357,15 +359,16 @@ def _owned(g: Tensor, handed: set[int]) -> Tensor:
     return ops.Cast.apply(g, dtype=g.dtype)  # Cast always copies; under create_graph it is recorded
 
 
-def _reached(t: Tensor, todo: list[tuple[int, int, Tensor]], leaves: list[Tensor]) -> None:
+def _reached(t: Tensor, todo: list[tuple[int, Tensor]], leaves: list[Tensor]) -> None:
     """Note a tensor that a gradient has reached: a leaf just collects it; an op's output waits
     in a heap that pops the newest op first. An op is always recorded after the ops that made
     its inputs, so a tensor's turn comes only after every op that used it: its gradient is
-    complete, and no topological sort of the whole graph is needed."""
+    complete, and no topological sort of the whole graph is needed. (Each op has its own
+    number, so the heap never has to compare two tensors.)"""
     if t._ctx is None:
         leaves.append(t)
     else:
-        heapq.heappush(todo, (-t._ctx.seq, id(t), t))
+        heapq.heappush(todo, (-t._ctx.seq, t))
 
 
 def _unbroadcast(g: Tensor, shape: tuple) -> Tensor:
@@ -469,9 +472,8 @@ class Function:
         raise NotImplementedError
 
 
-def _const(arr: np.ndarray) -> Tensor:
-    """A Tensor that never needs a gradient (masks, one-hot targets) — no conversion."""
-    return Tensor._wrap(arr)
+# _const(arr): a Tensor that never needs a gradient (masks, one-hot targets), no conversion
+_const = Tensor._wrap
 
 
 # The ops live in ops.py (which needs the Tensor and Function above); methods call them as ops.X.
