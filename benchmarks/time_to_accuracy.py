@@ -1,7 +1,7 @@
 """Time to accuracy: seconds of training until 98 % and 99 % validation accuracy, by contender.
 
-    python -m benchmarks.time_to_accuracy [--threads 1,default] [--epochs 25] [--parts 10]
-                                          [--quick] [--out DIR]
+    python -m benchmarks.time_to_accuracy [--threads 1,default] [--seeds 0,1,2] [--epochs 25]
+                                          [--parts 10] [--quick] [--out DIR]
 
 The default recipe (RECIPE below, every item a flag) is trained by this engine, hand-written
 NumPy, PyTorch and TensorFlow (the last two when installed): the same MLP from the same initial
@@ -14,6 +14,13 @@ them train each epoch in --parts slices taken in turn, rotating the order every 
 --parts times an epoch, and is not counted: the seconds are the steps' own time (the batches
 are built before each slice's clock starts). The test accuracy is measured once, at the end.
 
+The whole race is run once per seed (its initial weights, shuffles and shifts). Contenders take
+the same steps, but float rounding differs between libraries, and where a noisy validation
+curve first crosses 98 % can move by an epoch with it; each process's memory layout also moves
+a step's time by a few per cent. So the summary is over the seeds: each contender's mean, and
+engine ÷ contender as the ratio of their summed seconds (to an accuracy: over the seeds where
+both reached it). The 1-thread targets are checked on that summary.
+
 --threads takes a comma-separated list: a number pins every BLAS/OpenMP/TF/torch thread knob
 to it, `default` leaves them all unset so each library picks its own. Writes
 time_to_accuracy.json and time_to_accuracy.md into --out.
@@ -24,6 +31,7 @@ import argparse
 import importlib.util
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -65,7 +73,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--parts", type=int, default=10,
                    help="slices of each epoch, interleaved across contenders, each followed by a "
                         "validation (default 10)")
-    p.add_argument("--sizes", type=lambda s: [int(n) for n in s.split(",")], default=RECIPE["sizes"])
+    p.add_argument("--sizes", type=_int_list, default=RECIPE["sizes"])
     p.add_argument("--epochs", type=int, default=RECIPE["epochs"])
     p.add_argument("--batch", type=int, default=RECIPE["batch"])
     p.add_argument("--lr", type=float, default=RECIPE["lr"], help="peak of the cosine schedule")
@@ -75,33 +83,44 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--weight-decay", type=float, default=RECIPE["weight_decay"])
     p.add_argument("--max-shift", type=int, default=RECIPE["max_shift"],
                    help="random shifts of up to this many pixels (0: no augmentation)")
-    p.add_argument("--seed", type=int, default=RECIPE["seed"])
+    p.add_argument("--seeds", type=_int_list, default=[0, 1, 2],
+                   help="comma-separated; the race is run once per seed (default 0,1,2)")
     p.add_argument("--limit", type=int, default=None, help="train on the first N examples only")
     p.add_argument("--warmup-steps", type=int, default=20)
     add_io_flags(p)
     p.add_argument("--quick", action="store_true",
-                   help="smoke run: 2 epochs on 5,120 examples, 2 slices an epoch, 1 thread")
+                   help="smoke run: 2 epochs on 5,120 examples, 2 slices an epoch, 1 thread, seed 0")
     args = p.parse_args(argv)
     if args.quick:
         args.epochs, args.limit, args.parts, args.warmup_steps = 2, 5120, 2, 2
-        args.threads = "1"
+        args.threads, args.seeds = "1", [0]
     try:
         args.threads = [0 if t.strip() == "default" else int(t) for t in args.threads.split(",")]
     except ValueError:
         p.error(f"--threads takes numbers or 'default', comma-separated; got {args.threads!r}")
     if any(t < 0 for t in args.threads) or args.epochs < 1 or args.parts < 1 or args.batch < 1:
         p.error("--threads, --epochs, --parts and --batch must be positive")
-    args.recipe = {**RECIPE, **{k: getattr(args, k) for k in RECIPE if hasattr(args, k)}}
+    if not args.seeds or len(set(args.seeds)) < len(args.seeds) or min(args.seeds) < 0:
+        p.error(f"--seeds takes distinct non-negative numbers; got {args.seeds}")
+    args.recipe = {k: getattr(args, k, v) for k, v in RECIPE.items() if k != "seed"}  # a race adds its own
     return args
+
+
+def _int_list(text: str) -> list[int]:
+    try:
+        return [int(n) for n in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated whole numbers, got {text!r}") from None
 
 
 class RecipeWorker(Worker):
     """A contender's process serving the recipe (`benchmarks.worker --recipe`)."""
 
-    def __init__(self, contender: str, args: argparse.Namespace, threads: int):
+    def __init__(self, contender: str, args: argparse.Namespace, threads: int, seed: int):
         self.name = contender
         cmd = [sys.executable, "-m", "benchmarks.worker", contender, "--threads", str(threads),
-               "--warmup-steps", str(args.warmup_steps), "--recipe", json.dumps(args.recipe)]
+               "--warmup-steps", str(args.warmup_steps),
+               "--recipe", json.dumps({**args.recipe, "seed": seed})]
         if args.data:
             cmd += ["--data", args.data]
         if args.limit:
@@ -111,10 +130,11 @@ class RecipeWorker(Worker):
                                      stderr=self.log, text=True)
 
 
-def race(contenders: list[str], args: argparse.Namespace, threads: int) -> dict[str, Any]:
+def race(contenders: list[str], args: argparse.Namespace, threads: int, seed: int
+         ) -> dict[str, Any]:
     """Train every contender through the whole recipe, interleaved; per-contender curves."""
     set_threads(threads)
-    workers = [RecipeWorker(c, args, threads) for c in contenders]
+    workers = [RecipeWorker(c, args, threads, seed) for c in contenders]
     results = {w.name: {**w.receive(), "curve": []} for w in workers}
     total = dict.fromkeys(results, 0.0)
     for epoch in range(args.epochs):
@@ -152,18 +172,42 @@ def first_reached(curve: list[dict[str, float]], accuracy: float, key: str = "se
     return next((p[key] for p in curve if p["val_accuracy"] >= accuracy), None)
 
 
-def ratios(results: dict[str, Any], of: str = "engine") -> dict[str, dict[str, float | None]]:
-    """`of`'s seconds ÷ each other contender's: to each accuracy (None where either never got
-    there) and for the whole run (the same work for both)."""
-    mine = results[of]
+def ratios(races: list[dict[str, Any]], of: str = "engine") -> dict[str, dict[str, float | None]]:
+    """`of`'s seconds ÷ each other contender's, summed over the races (one per seed): for the
+    whole run (the same work for both), and to each accuracy over the races where both reached
+    it (None where there is none)."""
     out = {}
-    for name, r in results.items():
+    for name in races[0]:
         if name == of:
             continue
-        rat: dict[str, float | None] = {"all_epochs": mine["train_seconds"] / r["train_seconds"]}
-        for a, s in r["seconds_to"].items():
-            rat[a] = mine["seconds_to"][a] / s if s and mine["seconds_to"][a] else None
+        pairs = [(race[of], race[name]) for race in races]
+        rat: dict[str, float | None] = {
+            "all_epochs": sum(m["train_seconds"] for m, _ in pairs)
+            / sum(r["train_seconds"] for _, r in pairs)}
+        for a in pairs[0][1]["seconds_to"]:
+            both = [(m["seconds_to"][a], r["seconds_to"][a]) for m, r in pairs
+                    if m["seconds_to"][a] and r["seconds_to"][a]]
+            rat[a] = sum(m for m, _ in both) / sum(r for _, r in both) if both else None
         out[f"{of}/{name}"] = rat
+    return out
+
+
+def means(races: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Each contender's mean over the races: seconds to an accuracy over the races that reached
+    it (`reached` counts them), test accuracy with its lowest and highest."""
+    out = {}
+    for name in races[0]:
+        cs = [race[name] for race in races]
+        out[name] = {
+            "train_seconds": statistics.mean(c["train_seconds"] for c in cs),
+            "test_accuracy": statistics.mean(c["test_accuracy"] for c in cs),
+            "test_accuracy_range": [min(c["test_accuracy"] for c in cs),
+                                    max(c["test_accuracy"] for c in cs)],
+            "seconds_to": {}, "reached": {}}
+        for a in cs[0]["seconds_to"]:
+            got = [c["seconds_to"][a] for c in cs if c["seconds_to"][a] is not None]
+            out[name]["seconds_to"][a] = statistics.mean(got) if got else None
+            out[name]["reached"][a] = len(got)
     return out
 
 
@@ -190,6 +234,7 @@ def _fmt(value: float | None, spec: str) -> str:
 
 def to_markdown(result: dict[str, Any]) -> str:
     m, r = result["machine"], result["recipe"]
+    seeds = ", ".join(map(str, result["seeds"]))
     versions = ", ".join(f"{k} {m[k]}" for k in ("numpy", "tensorflow", "torch") if m.get(k))
     lines = [
         (f"Measured {result['date']} on {m['cpu']}, {m['usable_cores']} of {m['cores']} cores, "
@@ -199,41 +244,71 @@ def to_markdown(result: dict[str, Any]) -> str:
          f"{'Nesterov ' if r['nesterov'] else ''}momentum {r['momentum']}, weight decay "
          f"{r['weight_decay']} (L2, added to the gradient), cosine learning rate from {r['lr']} "
          f"every step, ±{r['max_shift']} px random shifts, {result['epochs']} epochs on "
-         f"{result['train_examples']:,} training digits, seed {r['seed']}."),
+         f"{result['train_examples']:,} training digits; one race for each of seeds {seeds}."),
         (f"Seconds are training time only (augmented batches built beforehand, identical for "
          f"all: checked by CRC32); validation on {r['val_size']:,} held-out digits after every "
          f"1/{result['parts']} epoch, not counted. Contenders interleaved in "
          f"{result['parts']} slices an epoch."),
         "",
-        ("| threads | contender | s to 98 % val (epoch) | s to 99 % val (epoch) | s, all epochs "
-         "| final val acc. "
-         "| test acc. | engine ÷ this, to 98 % | to 99 % | all epochs |"),
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        (f"Mean over seeds {seeds}; engine ÷ this is the ratio of summed seconds (to an "
+         f"accuracy: over the seeds where both reached it; in brackets, how many seeds reached "
+         f"it, where not all):"),
+        "",
+        ("| threads | contender | s to 98 % val | s to 99 % val | s, all epochs | test acc. "
+         "| engine ÷ this, to 98 % | to 99 % | all epochs |"),
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    n = len(result["seeds"])
+    for summary in result["summary"]:
+        for name, c in summary["contenders"].items():
+            low, high = c["test_accuracy_range"]
+            lines.append(
+                f"| {summary['threads_label']} | {name} | {_mean_reached(c, '0.98', n)} | "
+                f"{_mean_reached(c, '0.99', n)} | {c['train_seconds']:.1f} | "
+                f"{c['test_accuracy']:.4f}{f' ({low:.4f}–{high:.4f})' if n > 1 else ''} | "
+                + _ratio_cells(summary["ratios"].get(f"engine/{name}")))
+    targets = [(k, t) for summary in result["summary"] for k, t in summary["targets"].items()]
+    if targets:
+        lines += ["", f"Targets (issue 10, at 1 thread; engine ÷ contender, seeds {seeds}):", ""]
+        lines += [f"- {k}: " + ("not reached by one or both: no verdict" if t["value"] is None else
+                                f"{t['value']:.3f} (≤ {t['limit']}) "
+                                f"{'met' if t['met'] else '**missed**'}") for k, t in targets]
+    lines += [
+        "", "Each race (in brackets, the epoch at which the accuracy was first reached):", "",
+        ("| threads | seed | contender | s to 98 % val (epoch) | s to 99 % val (epoch) "
+         "| s, all epochs | final val acc. | test acc. | engine ÷ this, to 98 % | to 99 % "
+         "| all epochs |"),
+        "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for run in result["runs"]:
         for name, c in run["contenders"].items():
-            rat = run["ratios"].get(f"engine/{name}")
             lines.append(
-                f"| {run['threads_label']} | {name} | {_reached(c, '0.98')} | {_reached(c, '0.99')} | "
-                f"{c['train_seconds']:.1f} | "
+                f"| {run['threads_label']} | {run['seed']} | {name} | {_reached(c, '0.98')} | "
+                f"{_reached(c, '0.99')} | {c['train_seconds']:.1f} | "
                 f"{c['final_val_accuracy']:.4f} | {c['test_accuracy']:.4f} | "
-                + (f"{_fmt(rat['0.98'], '.3f')} | {_fmt(rat['0.99'], '.3f')} | "
-                   f"{rat['all_epochs']:.3f} |" if rat else "— | — | — |"))
-    targets = [(run["threads_label"], k, t) for run in result["runs"] for k, t in run["targets"].items()]
-    if targets:
-        lines += ["", "Targets (issue 10, at 1 thread; engine ÷ contender):", ""]
-        lines += [f"- {k}: " + ("not reached by one or both: no verdict" if t["value"] is None else
-                                f"{t['value']:.3f} (≤ {t['limit']}) "
-                                f"{'met' if t['met'] else '**missed**'}") for _, k, t in targets]
-        lines += ["", "Contenders follow the same steps, but float rounding differs between "
-                  "libraries, so their validation accuracy can cross a threshold a few slices "
-                  "apart (the epoch in brackets); the whole run is the same work for all."]
+                + _ratio_cells(run["ratios"].get(f"engine/{name}")))
+    lines += ["", "Contenders follow the same steps, but float rounding differs between "
+              "libraries, so their validation accuracy can cross a threshold a few slices "
+              "apart (the epoch in brackets); the whole run is the same work for all."]
     return "\n".join(lines) + "\n"
+
+
+def _ratio_cells(rat: dict[str, float | None] | None) -> str:
+    if not rat:
+        return "— | — | — |"
+    return f"{_fmt(rat['0.98'], '.3f')} | {_fmt(rat['0.99'], '.3f')} | {rat['all_epochs']:.3f} |"
 
 
 def _reached(contender: dict[str, Any], accuracy: str) -> str:
     seconds, epochs = contender["seconds_to"][accuracy], contender["epochs_to"][accuracy]
     return "—" if seconds is None else f"{seconds:.1f} ({epochs:g})"
+
+
+def _mean_reached(contender: dict[str, Any], accuracy: str, races: int) -> str:
+    seconds, reached = contender["seconds_to"][accuracy], contender["reached"][accuracy]
+    if seconds is None:
+        return "—"
+    return f"{seconds:.1f}" + ("" if reached == races else f" ({reached} of {races})")
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -242,23 +317,29 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                   if c not in OPTIONAL or importlib.util.find_spec(OPTIONAL[c]) is not None]
     set_threads(args.threads[0])
     machine = {**machine_facts(), **numpy_info()}
-    runs = []
+    runs, summary = [], []
     for threads in args.threads:
         label = str(threads) if threads else "default"
-        print(f"threads {label}: {', '.join(contenders)}, {args.epochs} epochs...", file=sys.stderr)
-        res = race(contenders, args, threads)
-        for r in res.values():  # library versions are machine facts, not per-run figures
-            for k in ("numpy", "tensorflow", "torch"):
-                if k in r:
-                    machine[k] = r.pop(k)
-        rat = ratios(res) if "engine" in res else {}
-        runs.append({"threads": threads, "threads_label": label, "contenders": res, "ratios": rat,
-                     "targets": check_targets(threads, rat)})
+        races = []
+        for seed in args.seeds:
+            print(f"threads {label}, seed {seed}: {', '.join(contenders)}, {args.epochs} epochs...",
+                  file=sys.stderr)
+            res = race(contenders, args, threads, seed)
+            for r in res.values():  # library versions are machine facts, not per-run figures
+                for k in ("numpy", "tensorflow", "torch"):
+                    if k in r:
+                        machine[k] = r.pop(k)
+            runs.append({"threads": threads, "threads_label": label, "seed": seed,
+                         "contenders": res, "ratios": ratios([res]) if "engine" in res else {}})
+            races.append(res)
+        rat = ratios(races) if "engine" in contenders else {}
+        summary.append({"threads": threads, "threads_label": label, "contenders": means(races),
+                        "ratios": rat, "targets": check_targets(threads, rat)})
     machine["load_average_end"] = os.getloadavg()
     first = next(iter(runs[0]["contenders"].values()))
-    result = {"date": time.strftime("%Y-%m-%d %H:%M %Z"), "machine": machine,
-              "recipe": args.recipe, "epochs": args.epochs, "parts": args.parts,
-              "train_examples": first["train_examples"], "runs": runs}
+    result = {"date": time.strftime("%Y-%m-%d %H:%M %Z"), "machine": machine, "recipe": args.recipe,
+              "seeds": args.seeds, "epochs": args.epochs, "parts": args.parts,
+              "train_examples": first["train_examples"], "summary": summary, "runs": runs}
     write_results(args.out, "time_to_accuracy", result, to_markdown(result))
     return result
 

@@ -22,6 +22,7 @@ from benchmarks.time_to_accuracy import (
     RECIPE,
     check_targets,
     first_reached,
+    means,
     parse_args,
     ratios,
 )
@@ -160,7 +161,7 @@ def test_first_reached_and_ratios():
     assert first_reached(curve, 0.99, "epochs") == 2.5
     res = {"engine": {"train_seconds": 6.0, "seconds_to": {"0.98": 2.0, "0.99": None}},
            "torch": {"train_seconds": 4.0, "seconds_to": {"0.98": 2.5, "0.99": 3.0}}}
-    rat = ratios(res)
+    rat = ratios([res])
     assert rat == {"engine/torch": {"all_epochs": 1.5, "0.98": 0.8, "0.99": None}}
     checks = check_targets(1, rat)
     assert checks["time to 99% val, engine/torch"] == {"value": None, "limit": 1.0, "met": None}
@@ -169,14 +170,38 @@ def test_first_reached_and_ratios():
     assert check_targets(0, rat) == {}  # the targets are for one thread only
 
 
+def test_ratios_and_means_over_seeds():
+    """Over several races, a ratio is of summed seconds, to an accuracy over the races where
+    both reached it; a mean to an accuracy counts the races that reached it."""
+    def race(engine, torch):
+        return {name: {"train_seconds": total, "test_accuracy": acc,
+                       "seconds_to": {"0.98": to98, "0.99": to99}}
+                for name, (total, acc, to98, to99) in (("engine", engine), ("torch", torch))}
+    races = [race((6.0, 0.99, 2.0, None), (4.0, 0.98, 2.5, 3.0)),
+             race((10.0, 0.97, 3.0, 5.0), (12.0, 0.99, 2.0, 6.0))]
+    rat = ratios(races)["engine/torch"]
+    assert rat["all_epochs"] == 16.0 / 16.0
+    assert rat["0.98"] == 5.0 / 4.5
+    assert rat["0.99"] == 5.0 / 6.0  # the first race is left out: the engine never got there
+    m = means(races)
+    assert m["engine"]["train_seconds"] == 8.0 and m["torch"]["seconds_to"]["0.98"] == 2.25
+    assert m["engine"]["seconds_to"]["0.99"] == 5.0 and m["engine"]["reached"] == {"0.98": 2, "0.99": 1}
+    assert m["torch"]["test_accuracy_range"] == [0.98, 0.99]
+    assert m["engine"]["test_accuracy"] == pytest.approx(0.98)
+
+
 def test_arguments():
     args = parse_args(["--threads", "1,default", "--max-shift", "0", "--no-nesterov"])
-    assert args.threads == [1, 0]
-    assert args.recipe == {**RECIPE, "max_shift": 0, "nesterov": False}
+    assert args.threads == [1, 0] and args.seeds == [0, 1, 2]
+    recipe = {k: v for k, v in RECIPE.items() if k != "seed"}  # each race adds its own
+    assert args.recipe == {**recipe, "max_shift": 0, "nesterov": False}
     quick = parse_args(["--quick"])
     assert quick.threads == [1] and quick.recipe["epochs"] == 2 and quick.limit == 5120
-    with pytest.raises(SystemExit):
-        parse_args(["--threads", "two"])
+    assert quick.seeds == [0]
+    assert parse_args(["--seeds", "3,1"]).seeds == [3, 1]
+    for bad in (["--threads", "two"], ["--seeds", "1,1"], ["--seeds", "-1"], ["--seeds", "a"]):
+        with pytest.raises(SystemExit):
+            parse_args(bad)
 
 
 def test_whole_benchmark_tiny(mnist_dir, tmp_path):
@@ -185,10 +210,13 @@ def test_whole_benchmark_tiny(mnist_dir, tmp_path):
     from benchmarks import time_to_accuracy
 
     result = time_to_accuracy.main(
-        ["--threads", "1", "--contenders", "engine,numpy", "--sizes", "784,32,10", "--epochs", "1",
-         "--parts", "2", "--limit", "640", "--warmup-steps", "1", "--data", str(mnist_dir),
-         "--out", str(tmp_path)])
+        ["--threads", "1", "--seeds", "0", "--contenders", "engine,numpy", "--sizes", "784,32,10",
+         "--epochs", "1", "--parts", "2", "--limit", "640", "--warmup-steps", "1",
+         "--data", str(mnist_dir), "--out", str(tmp_path)])
     (run,) = result["runs"]
+    (summary,) = result["summary"]
+    assert summary["ratios"] == run["ratios"]  # one seed: the summary is that race
+    assert set(summary["targets"]) >= {"all epochs, engine/numpy"}
     engine, hand = run["contenders"]["engine"], run["contenders"]["numpy"]
     assert [p["val_accuracy"] for p in engine["curve"]] == [p["val_accuracy"] for p in hand["curve"]]
     assert [p["epochs"] for p in engine["curve"]] == [0.5, 1.0]
@@ -197,4 +225,4 @@ def test_whole_benchmark_tiny(mnist_dir, tmp_path):
     saved = json.loads((tmp_path / "time_to_accuracy.json").read_text())
     assert saved["recipe"]["sizes"] == [784, 32, 10] and saved["train_examples"] == 640
     table = (tmp_path / "time_to_accuracy.md").read_text()
-    assert "| 1 | engine |" in table and "| 1 | numpy |" in table and "784-32-10" in table
+    assert "| 1 | engine |" in table and "| 1 | 0 | numpy |" in table and "784-32-10" in table
