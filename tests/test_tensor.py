@@ -116,6 +116,23 @@ def test_relu_gradient_is_a_step() -> None:
     np.testing.assert_array_equal(x.grad.data, [0.0, 0.0, 1.0, 1.0])
 
 
+def test_relu_gradients_at_the_edges_first_and_second_order() -> None:
+    """No gradient at 0, -0 or NaN, the full one at the smallest positive float; and the
+    second derivative through ReLU is exact too."""
+    rng = np.random.default_rng(6)
+    x_np = rng.standard_normal((256, 256)).astype(np.float32)
+    x_np[0, :4] = [0.0, -0.0, np.nan, 1e-45]
+    x = Tensor(x_np, requires_grad=True)
+    g = rng.standard_normal(x_np.shape).astype(np.float32)
+    x.relu().backward(Tensor(g))
+    assert np.array_equal(x.grad.data, g * (x_np > 0))
+    assert list(x.grad.data[0, :4]) == [0, 0, 0, g[0, 3]]
+    x2 = Tensor(np.array([-1.5, 0.0, 2.0, -0.0, 0.5]), requires_grad=True)
+    [gx] = grad((x2.relu() * x2).sum(), [x2], create_graph=True)  # d/dx x relu(x) = 2 relu(x)
+    [ggx] = grad(gx.sum(), [x2])
+    assert list(gx.data) == [0, 0, 4, 0, 1] and list(ggx.data) == [0, 0, 2, 0, 2]
+
+
 # ----------------------------------------------------------------------------- binary ops
 
 BINARY = {  # name: (operator, range of a, range of b)
