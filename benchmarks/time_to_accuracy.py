@@ -330,7 +330,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                     if k in r:
                         machine[k] = r.pop(k)
             runs.append({"threads": threads, "threads_label": label, "seed": seed,
-                         "contenders": res, "ratios": ratios([res]) if "engine" in res else {}})
+                         "contenders": res, "ratios": ratios([res]) if "engine" in contenders else {}})
             races.append(res)
         rat = ratios(races) if "engine" in contenders else {}
         summary.append({"threads": threads, "threads_label": label, "contenders": means(races),
