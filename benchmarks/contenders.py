@@ -18,6 +18,7 @@ from tinygrad_mnist import Tensor, no_grad
 from tinygrad_mnist.augment import epoch_shifts, shift
 from tinygrad_mnist.nn import MLP, cross_entropy
 from tinygrad_mnist.optim import SGD
+from tinygrad_mnist.seeding import epoch_order
 
 from . import numpy_mlp
 from .numpy_mlp import Params
@@ -45,11 +46,6 @@ class Trainer(Protocol):
 def initial_params(sizes: list[int], seed: int) -> Params:
     """The engine MLP's initial weights: the one starting point every contender copies."""
     return numpy_mlp.params_from_state_dict(MLP(sizes, seed=seed).state_dict())
-
-
-def epoch_order(seed: int, epoch: int, n: int) -> np.ndarray:
-    """The shuffled example order of one epoch, the same for every contender."""
-    return np.random.default_rng([seed, epoch]).permutation(n)
 
 
 def augmented_batches(x: np.ndarray, y: np.ndarray, seed: int, epoch: int, batch: int,

@@ -55,7 +55,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def default_checkpoint(folder: Path) -> Path:
-    from tinygrad_mnist.train import TrainConfig, build_model, build_optimizer, save_checkpoint
+    from tinygrad_mnist.checkpoint import save_checkpoint
+    from tinygrad_mnist.config import TrainConfig, build_model, build_optimizer
     config = TrainConfig()
     model = build_model(config)
     path = folder / "checkpoint.npz"

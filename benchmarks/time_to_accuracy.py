@@ -38,7 +38,7 @@ import tempfile
 import time
 from typing import Any
 
-from tinygrad_mnist.train import TrainConfig
+from tinygrad_mnist.config import TrainConfig
 
 from .train_speed import (
     OPTIONAL,

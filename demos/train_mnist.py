@@ -12,9 +12,12 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout as is
 
 from tinygrad_mnist import Tensor, draw_graph
+from tinygrad_mnist.config import TrainConfig
 from tinygrad_mnist.data import load_mnist
 from tinygrad_mnist.nn import MLP, cross_entropy
-from tinygrad_mnist.train import RUN_FILES, TrainConfig, train
+from tinygrad_mnist.report import draw_pictures, write_report
+from tinygrad_mnist.run_dir import RUN_FILES
+from tinygrad_mnist.train import train
 
 
 def main() -> None:
@@ -41,10 +44,13 @@ def main() -> None:
     print(f"   DOT source in {out / 'mlp_graph.gv'} (render: tinygrad-mnist graph --out graph.svg)")
 
     print(f"3. Training the MLP 784-512-256-10 for {args.epochs} epochs.")
-    summary = train(TrainConfig(epochs=args.epochs), out, data=data)
-    print(f"4. Test accuracy {100 * summary['test_acc']:.2f}%. Pictures, and the report "
-          f"{out / 'report.html'}:")
-    pictures = [Path(p) for p in summary["pictures"]]
+    config = TrainConfig(epochs=args.epochs)
+    run = train(config, out, data=data)
+    drawn = draw_pictures(run.model, data, run.history, out, config)
+    report = write_report(out, data=data, pictures=drawn)
+    pictures = list(drawn.values())
+    print(f"4. Test accuracy {100 * run.summary['test_acc']:.2f}%. Pictures, and the report "
+          f"{report}:")
     for p in pictures:
         print(f"   {p}")
     if os.environ.get("DISPLAY") and os.environ.get("MPLBACKEND", "").lower() != "agg":

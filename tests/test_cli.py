@@ -10,8 +10,8 @@ import zipfile
 import numpy as np
 import pytest
 
+from tinygrad_mnist.checkpoint import load_checkpoint
 from tinygrad_mnist.data import load_mnist
-from tinygrad_mnist.train import load_checkpoint
 
 PNG = b"\x89PNG\r\n\x1a\n"
 

@@ -9,7 +9,8 @@ import pytest
 from PIL import Image
 
 from tinygrad_mnist.data import load_mnist
-from tinygrad_mnist.explain import explain, prepare_digit
+from tinygrad_mnist.digit_image import prepare_digit
+from tinygrad_mnist.explain import explain
 from tinygrad_mnist.nn import MLP, Linear, Sequential
 from tinygrad_mnist.tensor import Tensor
 
@@ -149,7 +150,8 @@ def test_input_rules(mnist):
     ({"label": -1}, "label must be an integer class in [0, 10)"),
     ({"label": 2.0}, "label must be an integer class"),
     ({"label": True}, "label must be an integer class"),
-    ({"label": 1, "lr": 0}, "lr must be positive"),
+    ({"label": 1, "lr": 0}, "lr must be a positive number, got 0"),
+    ({"label": 1, "lr": "0.1"}, "lr must be a positive number, got '0.1'"),  # not a TypeError
 ])
 def test_bad_arguments_are_clear(digit, kwargs, message):
     with pytest.raises(ValueError, match=message.replace("[", r"\[").replace(")", r"\)")):
@@ -166,15 +168,17 @@ def test_a_model_explain_cannot_read_is_refused(digit):
 @pytest.fixture(scope="module")
 def checkpoint(mnist_dir, tmp_path_factory):
     """A small real model: 3000 digits, one epoch, 784-32-10 (about 83 % right)."""
-    from tinygrad_mnist.train import TrainConfig, train
+    from tinygrad_mnist.config import TrainConfig
+    from tinygrad_mnist.train import train
     run = tmp_path_factory.mktemp("run")
     config = TrainConfig(hidden=(32,), epochs=1, train_limit=3000, val_size=1000)
-    train(config, run, data_dir=mnist_dir, progress=False, plots=False, log=lambda *_: None)
+    train(config, run, data_dir=mnist_dir, progress=False, log=lambda *_: None)
     return run / "checkpoint.npz"
 
 
 def test_one_step_on_a_real_mistake_moves_toward_the_label(mnist, checkpoint):
-    from tinygrad_mnist.train import load_checkpoint, predict_proba
+    from tinygrad_mnist.checkpoint import load_checkpoint
+    from tinygrad_mnist.predict import predict_proba
     model = load_checkpoint(checkpoint).model
     preds = predict_proba(model, mnist.test_x[:500]).argmax(axis=1)
     i = int(np.flatnonzero(preds != mnist.test_y[:500])[0])
@@ -191,7 +195,8 @@ def cli(*args):
 
 
 def test_cli_explains_the_first_mistake_by_default(checkpoint, mnist, mnist_dir, tmp_path):
-    from tinygrad_mnist.train import load_checkpoint, predict_proba
+    from tinygrad_mnist.checkpoint import load_checkpoint
+    from tinygrad_mnist.predict import predict_proba
     out = tmp_path / "why.png"
     result = cli("explain", checkpoint, "--out", out, "--data-dir", mnist_dir)
     assert result.returncode == 0, result.stderr

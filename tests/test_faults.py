@@ -11,7 +11,7 @@ import time
 
 import numpy as np
 
-from tinygrad_mnist.train import load_checkpoint
+from tinygrad_mnist.checkpoint import load_checkpoint
 
 RUN = ["--epochs", 12, "--hidden", 8, "--train-limit", 10000, "--batch-size", 50,
        "--val-size", 300, "--seed", 3, "--no-progress", "--no-plots"]

@@ -111,7 +111,7 @@ def test_gradcheck_passes_and_catches_the_wrong_rule(executed):
 def test_the_training_runs_learn(executed):
     loop = "".join(outputs_of(cell_with(executed, "optimizer.step()")))
     assert float(loop.split("validation accuracy ")[1].split("%")[0]) > 90
-    run = "".join(outputs_of(cell_with(executed, "summary = train(")))
+    run = "".join(outputs_of(cell_with(executed, "run = train(")))
     assert float(run.split("test accuracy ")[1].split("%")[0]) > 95
     pictures = cell_with(executed, '"learning_curves"')
     assert len(list(outputs_of(pictures, "image/png"))) == 3

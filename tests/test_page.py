@@ -11,8 +11,10 @@ from pathlib import Path
 import pytest
 from werkzeug.serving import make_server
 
+from tinygrad_mnist.checkpoint import load_checkpoint
+from tinygrad_mnist.config import TrainConfig
 from tinygrad_mnist.server import create_app
-from tinygrad_mnist.train import TrainConfig, load_checkpoint, train
+from tinygrad_mnist.train import train
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -21,7 +23,7 @@ ROOT = Path(__file__).resolve().parent.parent
 def page_url(mnist_dir, tmp_path_factory):
     run = tmp_path_factory.mktemp("run")
     config = TrainConfig(hidden=(128, 64), epochs=2, train_limit=20000, val_size=1000)
-    train(config, run, data_dir=mnist_dir, progress=False, plots=False, log=lambda _: None)
+    train(config, run, data_dir=mnist_dir, progress=False, log=lambda _: None)
     app = create_app(load_checkpoint(run / "checkpoint.npz").model)
     server = make_server("127.0.0.1", 0, app, threaded=True)
     thread = threading.Thread(target=server.serve_forever, daemon=True)

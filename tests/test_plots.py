@@ -8,7 +8,7 @@ import pytest
 from matplotlib.colors import to_rgba
 from matplotlib.figure import Figure
 
-from tinygrad_mnist import plots
+from tinygrad_mnist import explain_plot, plots
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 RED, BLACK = to_rgba(plots.WRONG_COLOR), to_rgba(plots.RIGHT_COLOR)
@@ -175,7 +175,7 @@ def test_confident_mistakes_plot_titles_and_the_no_mistakes_case(tmp_path, data,
     probs[np.arange(12), labels] = 0.91
     assert_png(plots.plot_confident_mistakes(images, labels, probs, tmp_path / "none.png"))
     saved = []
-    monkeypatch.setattr(plots, "_save", lambda fig, path: saved.append(fig) or path)
+    monkeypatch.setattr(plots, "save_figure", lambda fig, path: saved.append(fig) or path)
     plots.plot_confident_mistakes(images, labels, probs, tmp_path / "none.png")
     assert [t.get_text() for t in saved[0].texts] == ["no mistakes: all 12 predictions are right"]
 
@@ -266,7 +266,7 @@ def _texts(fig) -> str:
 
 def test_explanation_reads_left_to_right_with_a_backprop_step(tmp_path):
     e = _explanation(label=3)
-    fig = plots._explanation_figure(e)
+    fig = explain_plot._explanation_figure(e)
     headings = [ax.get_title(loc="left") for ax in fig.axes if ax.get_title(loc="left")]
     assert headings == ["1. the digit goes in", "2. hidden layer 1: 12 neurons",
                         "3. hidden layer 2: 6 neurons", "4. ten output neurons",
@@ -280,15 +280,15 @@ def test_explanation_reads_left_to_right_with_a_backprop_step(tmp_path):
     np.testing.assert_array_equal(saliency_ax.images[0].get_array(), e.saliency)
     lo, hi = saliency_ax.images[0].get_clim()
     assert lo == -hi == -np.abs(e.saliency).max()  # symmetric: white means "no effect"
-    assert_png(plots.plot_explanation(e, tmp_path / "explain.png"))
+    assert_png(explain_plot.plot_explanation(e, tmp_path / "explain.png"))
 
 
 def test_explanation_without_label_has_no_step_panel():
-    fig = plots._explanation_figure(_explanation(label=None, hidden=(8,)))
+    fig = explain_plot._explanation_figure(_explanation(label=None, hidden=(8,)))
     headings = [ax.get_title(loc="left") for ax in fig.axes if ax.get_title(loc="left")]
     assert len(headings) == 4 and "backprop step" not in _texts(fig)
     assert "true label" not in _texts(fig)
 
 
 def test_activation_grid_is_a_rectangle_when_it_can_be():
-    assert [plots._grid_columns(n) for n in (32, 512, 256, 16, 10, 31)] == [8, 32, 16, 4, 5, 6]
+    assert [explain_plot._grid_columns(n) for n in (32, 512, 256, 16, 10, 31)] == [8, 32, 16, 4, 5, 6]

@@ -18,10 +18,12 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw
 
-from tinygrad_mnist.explain import explain, prepare_digit
+from tinygrad_mnist.checkpoint import save_checkpoint
+from tinygrad_mnist.config import TrainConfig, build_model, build_optimizer
+from tinygrad_mnist.digit_image import prepare_digit
+from tinygrad_mnist.explain import explain
 from tinygrad_mnist.nn import MLP
 from tinygrad_mnist.server import MAX_BODY, create_app
-from tinygrad_mnist.train import TrainConfig, build_model, build_optimizer, save_checkpoint
 
 LR = 0.05
 

@@ -4,18 +4,17 @@ An MLP memorises MNIST's 55,000 training digits; small random shifts make each e
 new ones, the classic cure (Simard et al. 2003). The shift is the same operation as moving
 the pen a pixel or two, so the label stays true.
 
-Seeding: the shifts of a whole epoch are drawn at once from `np.random.default_rng([seed, epoch,
-2])` (the training loop's shuffle uses `[seed, epoch]`, dropout `[seed, epoch, 1]`), one (dy, dx)
-per position in the epoch's order. They depend on nothing but (seed, epoch), so a run resumed
-at epoch k draws exactly what an uninterrupted run draws there, and every benchmark contender
-that asks for the same (seed, epoch) trains on the same pixels.
+The shifts of a whole epoch are drawn at once from its augmentation stream
+(`seeding.augment_rng`), one (dy, dx) per position in the epoch's order, so they depend on
+nothing but (seed, epoch).
 """
 from __future__ import annotations
 
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
-SIDE = 28
+from .data import SIDE
+from .seeding import augment_rng
 
 
 def shift(images: np.ndarray, shifts: np.ndarray) -> np.ndarray:
@@ -24,9 +23,8 @@ def shift(images: np.ndarray, shifts: np.ndarray) -> np.ndarray:
     `images` is (N, 784) or (N, 28, 28); the result has the same shape and dtype. Vectorized:
     the images are padded with black, and one fancy index picks each image's 28×28 window at
     its own offset (out[y, x] = image[y - dy, x - dx]) from a view of all windows. No Python
-    loop over images, and no index array as large as the batch (batches of 128, best of
-    repeats on a loaded machine: ~0.25 ms, 2x faster than one slice copy per distinct shift
-    and 4x faster than a flat-index gather).
+    loop over images, and no index array as large as the batch (it measured faster than a
+    slice copy per distinct shift and than a flat-index gather; see benchmarks/results).
     """
     images, shifts = np.asarray(images), np.asarray(shifts)
     if images.ndim not in (2, 3) or images.shape[1:] not in ((SIDE * SIDE,), (SIDE, SIDE)):
@@ -64,4 +62,4 @@ def epoch_shifts(seed: int, epoch: int, n: int, max_shift: int = 2) -> np.ndarra
 
     A batch `order[i:i + b]` is augmented with `shift(x[order[i:i + b]], shifts[i:i + b])`.
     """
-    return random_shifts(np.random.default_rng([seed, epoch, 2]), n, max_shift)
+    return random_shifts(augment_rng(seed, epoch), n, max_shift)

@@ -8,66 +8,18 @@ SIGTERM with 143, after `train` has saved what it had.
 from __future__ import annotations
 
 import argparse
-import math
 import signal
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # the commands import what they need lazily: `--help` stays fast
+    from .checkpoint import Checkpoint
+    from .config import Setting
     from .data import MNIST
-    from .train import Checkpoint
 
 MAX_PREDICT = 100  # digits in one predictions picture: more is unreadable and slow to draw
-
-
-def _hidden(text: str) -> tuple[int, ...]:
-    try:
-        sizes = tuple(int(s) for s in text.split(","))
-    except ValueError:
-        sizes = ()
-    if not sizes or min(sizes) < 1:
-        raise argparse.ArgumentTypeError(f"expected comma-separated positive layer sizes like "
-                                         f"512,256, got {text!r}")
-    return sizes
-
-
-def _int_range(low: int, high: int | None = None) -> Callable[[str], int]:
-    """An argparse type: an integer in [low, high] (low 0 or 1); argparse names the flag."""
-    what = f"an integer from {low} to {high}" if high is not None else \
-        ("a non-negative integer" if low == 0 else "a positive integer")
-
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            value = low - 1
-        if value < low or (high is not None and value > high):
-            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}")
-        return value
-    return parse
-
-
-_positive_int = _int_range(1)
-
-
-def _number(low: float, high: float | None = None,
-            low_open: bool = False) -> Callable[[str], float]:
-    """An argparse type: a finite float in [low, high) (or (low, ...) when low_open)."""
-    def parse(text: str) -> float:
-        try:
-            value = float(text)
-        except ValueError:
-            value = math.nan
-        ok = math.isfinite(value) and (value > low if low_open else value >= low) and (
-            high is None or value < high)
-        if not ok:
-            where = f"{'>' if low_open else '>='} {low:g}" if high is None else \
-                f"in [{low:g}, {high:g})"
-            raise argparse.ArgumentTypeError(f"expected a finite number {where}, got {text!r}")
-        return value
-    return parse
 
 
 def _data_dir(text: str) -> str:
@@ -76,9 +28,24 @@ def _data_dir(text: str) -> str:
     return text
 
 
+def _setting_type(setting: Setting) -> Callable[[str], Any]:
+    """An argparse type for one TrainConfig setting: its own parser, then its own check, with
+    its own words in the message (argparse names the flag)."""
+    def parse(text: str) -> Any:
+        if setting.parse is None:  # choices: argparse checks them
+            return text
+        try:
+            value = setting.parse(text)
+        except ValueError:
+            value = None
+        if value is None or not setting.ok(value):
+            raise argparse.ArgumentTypeError(f"expected {setting.what}, got {text!r}")
+        return value
+    return parse
+
+
 def build_parser() -> argparse.ArgumentParser:
-    from .train import MAX_SHIFT, TrainConfig
-    d = TrainConfig()
+    from .config import SIZES, TrainConfig, integer, number, settings
     parser = argparse.ArgumentParser(
         prog="tinygrad-mnist", description="Train and inspect an MNIST MLP built on "
         "tinygrad_mnist's own autodiff engine.")
@@ -101,26 +68,14 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Train the MLP; checkpoints, metrics and pictures go to the "
                        "run directory. With --resume, only --epochs may differ from the "
                        "checkpoint's settings.")
-    # Settings default to None so that --resume can tell which flags were given (see _train).
-    t.add_argument("--epochs", type=_positive_int, help=f"(default {d.epochs})")
-    t.add_argument("--batch-size", type=_positive_int, help=f"(default {d.batch_size})")
-    t.add_argument("--optimizer", choices=["sgd", "adam"], help=f"(default {d.optimizer})")
-    t.add_argument("--lr", type=_number(0, low_open=True), help=f"peak learning rate "
-                   f"(default {d.lr})")
-    t.add_argument("--momentum", type=_number(0, 1), help=f"(default {d.momentum})")
-    t.add_argument("--weight-decay", type=_number(0), help=f"(default {d.weight_decay})")
-    t.add_argument("--schedule", choices=["cosine", "step", "none"], help=f"(default {d.schedule})")
-    t.add_argument("--hidden", type=_hidden, help=f"hidden layer sizes, comma-separated "
-                   f"(default {','.join(map(str, d.hidden))})")
-    t.add_argument("--dropout", type=_number(0, 1), help=f"(default {d.dropout})")
-    t.add_argument("--seed", type=_int_range(0), help=f"(default {d.seed})")
-    t.add_argument("--shift", type=_int_range(0, MAX_SHIFT), help=f"move each training digit by "
-                   f"a random 0 to SHIFT pixels each way, anew every epoch (augmentation; "
-                   f"0 turns it off; default {d.shift})")
-    t.add_argument("--val-size", type=_int_range(0, 59_999), help=f"training examples held "
-                   f"out for validation (default {d.val_size})")
-    t.add_argument("--train-limit", type=_positive_int, help="train on the first N examples "
-                   "only (a quick run)")
+    # One flag per TrainConfig setting, read and checked by its config.Setting. They default
+    # to None so that --resume can tell which flags were given (see _train).
+    for name, setting in settings().items():
+        default = getattr(TrainConfig(), name)
+        shown = ",".join(map(str, default)) if isinstance(default, tuple) else default
+        t.add_argument("--" + name.replace("_", "-"), type=_setting_type(setting),
+                       choices=setting.choices or None, help=f"{setting.help} (default {shown})"
+                       if default is not None else setting.help)
     t.add_argument("--run-dir", default="runs/mnist", help="where checkpoints, metrics and "
                    "pictures go (default %(default)s)")
     mode = t.add_mutually_exclusive_group()
@@ -140,9 +95,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("predict", help="predict test digits and plot them",
                        description="Print and plot test digits with true label and prediction.")
     p.add_argument("checkpoint", help="a checkpoint.npz written by `train`")
-    p.add_argument("--count", type=_int_range(1, MAX_PREDICT), default=16,
+    p.add_argument("--count", type=_setting_type(integer(1, MAX_PREDICT)), default=16,
                    help=f"how many digits, at most {MAX_PREDICT} (default %(default)s)")
-    p.add_argument("--start", type=_int_range(0), default=0,
+    p.add_argument("--start", type=_setting_type(integer(0)), default=0,
                    help="index of the first test digit")
     picture_out(p, "predictions.png")
     data_flag(p)
@@ -152,8 +107,8 @@ def build_parser() -> argparse.ArgumentParser:
                        "small batch (.svg, .png, .pdf with the DOT source beside it as .gv, "
                        "or .gv for the DOT source only).")
     g.add_argument("--out", default="mlp_graph.svg", help="output file (default %(default)s)")
-    g.add_argument("--batch-size", type=_positive_int, default=4)
-    g.add_argument("--hidden", type=_hidden, default=(16,), help="hidden sizes (default 16)")
+    g.add_argument("--batch-size", type=_setting_type(integer(1)), default=4)
+    g.add_argument("--hidden", type=_setting_type(SIZES), default=(16,), help="hidden sizes (default 16)")
     overwrite_flag(g, "an existing --out file and its .gv source")
     data_flag(g)
 
@@ -169,7 +124,7 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--image", default=None, help="a PNG or JPEG of a digit instead of MNIST")
     x.add_argument("--label", type=int, default=None, help="the digit's true label "
                    "(default: MNIST's; none for --image)")
-    x.add_argument("--lr", type=_number(0, low_open=True), default=0.1,
+    x.add_argument("--lr", type=_setting_type(number(0, low_open=True)), default=0.1,
                    help="learning rate of the backprop step (default %(default)s)")
     picture_out(x, "explanation.png")
     data_flag(x)
@@ -216,32 +171,37 @@ def _terminate(signum: int, frame: object) -> None:
     raise stop
 
 
-_CONFIG_FLAGS = ("hidden", "epochs", "batch_size", "optimizer", "lr", "momentum", "weight_decay",
-                 "schedule", "dropout", "seed", "val_size", "train_limit", "shift")
-
-
 def _train(args: argparse.Namespace) -> int:
-    from .train import TrainConfig, resume_config, train
-    given = {k: getattr(args, k) for k in _CONFIG_FLAGS if getattr(args, k) is not None}
+    """Train, then (unless --no-plots) draw the run's pictures and write its report."""
+    from .config import TrainConfig, settings
+    from .run_dir import resume_config
+    from .train import train
+    given = {k: getattr(args, k) for k in settings() if getattr(args, k) is not None}
     # --resume: the flags not given come from the checkpoint; train() refuses any that differ
     # from it, except --epochs, whose effect on the schedule it explains
     config = resume_config(args.run_dir, **given) if args.resume else TrainConfig(**given)
-    train(config, args.run_dir, data_dir=args.data_dir, resume=args.resume,
-          overwrite=args.overwrite, progress=not args.no_progress, plots=not args.no_plots,
-          data_dir_name="--data-dir")
+    run = train(config, args.run_dir, data_dir=args.data_dir, resume=args.resume,
+                overwrite=args.overwrite, progress=not args.no_progress,
+                data_dir_name="--data-dir")
+    if not args.no_plots:
+        from .report import draw_pictures, write_report
+        run_dir = Path(args.run_dir)
+        pictures = draw_pictures(run.model, run.data, run.history, run_dir, config)
+        print(f"pictures in {run_dir}")
+        print(f"report: {write_report(run_dir, data=run.data, pictures=pictures)}")
     return 0
 
 
 def _load(args: argparse.Namespace) -> tuple[Checkpoint, MNIST]:
+    from .checkpoint import load_checkpoint
     from .data import load_mnist
-    from .train import load_checkpoint
     ckpt = load_checkpoint(args.checkpoint)
     return ckpt, load_mnist(args.data_dir, val_size=ckpt.config.val_size, seed=ckpt.config.seed,
                             data_dir_name="--data-dir")
 
 
 def _eval(args: argparse.Namespace) -> int:
-    from .train import evaluate
+    from .predict import evaluate
     ckpt, data = _load(args)
     print(f"checkpoint {args.checkpoint}: MLP {ckpt.model.sizes}, {ckpt.epoch} epochs")
     for split, x, y in [("validation", data.val_x, data.val_y), ("test", data.test_x, data.test_y)]:
@@ -254,7 +214,7 @@ def _eval(args: argparse.Namespace) -> int:
 def _predict(args: argparse.Namespace) -> int:
     from .files import check_writable, picture_format
     from .plots import plot_predictions
-    from .train import predict_proba
+    from .predict import predict_proba
     check_writable(args.out, picture_format(args.out), args.overwrite)  # before any work
     ckpt, data = _load(args)
     if not 0 <= args.start < len(data.test_x):
@@ -274,12 +234,11 @@ def _predict(args: argparse.Namespace) -> int:
 
 
 def _graph(args: argparse.Namespace) -> int:
+    from .config import check_model_size
     from .data import load_mnist
     from .files import PICTURE_FORMATS, check_writable, picture_format
-    from .graph import draw_graph, retain_grads
-    from .nn import MLP, cross_entropy
-    from .tensor import Tensor
-    from .train import check_model_size
+    from .graph import draw_graph, loss_graph
+    from .nn import MLP
     out = Path(args.out)
     formats = {**{k: v for k, v in PICTURE_FORMATS.items() if v != "jpeg"}, ".gv": "dot",
                ".dot": "dot"}
@@ -295,20 +254,18 @@ def _graph(args: argparse.Namespace) -> int:
         raise ValueError(f"--batch-size {args.batch_size} is larger than the test set "
                          f"({len(data.test_x)} digits)")
     model = MLP(sizes, seed=0)
-    loss = cross_entropy(model(Tensor(data.test_x[:args.batch_size])), data.test_y[:args.batch_size])
-    loss.name = "loss"
-    retain_grads(loss)  # show the gradient at every node, not only at the parameters
-    loss.backward()
-    draw_graph(loss, path=out)
+    # every node keeps its gradient, so the picture shows how it flows
+    draw_graph(loss_graph(model, data.test_x[:args.batch_size], data.test_y[:args.batch_size]),
+               path=out)
     print(f"graph of the loss of MLP {model.sizes} on a batch of {args.batch_size}: {out}")
     return 0
 
 
 def _explain(args: argparse.Namespace) -> int:
     from .explain import explain
+    from .explain_plot import plot_explanation
     from .files import check_writable, picture_format
-    from .plots import plot_explanation
-    from .train import predict_proba
+    from .predict import first_mistake, predict_proba
     check_writable(args.out, picture_format(args.out), args.overwrite)  # before any work
     if args.image is not None and args.index is not None:
         raise ValueError("give --image or --index, not both")
@@ -319,8 +276,7 @@ def _explain(args: argparse.Namespace) -> int:
         x, y = (data.test_x, data.test_y) if args.split == "test" else (data.train_x, data.train_y)
         index = args.index
         if index is None:
-            wrong = (predict_proba(ckpt.model, x).argmax(axis=1) != y).nonzero()[0]
-            index = int(wrong[0]) if len(wrong) else 0
+            index = first_mistake(predict_proba(ckpt.model, x).argmax(axis=1), y)
         if not 0 <= index < len(x):
             raise ValueError(f"--index must be in [0, {len(x)}) for the {args.split} split, "
                              f"got {index}")

@@ -55,10 +55,11 @@ RAW_IDX = {
 }
 
 _IMAGES_MAGIC, _LABELS_MAGIC = 2051, 2049
-_ROWS = _COLS = 28
+SIDE = 28  # MNIST's pictures are SIDE x SIDE pixels: the one place this is said
+PIXELS = SIDE * SIDE
 # No MNIST file, compressed or not, is larger than the raw training images: a bigger one is
 # refused before a byte of it is read.
-_MAX_BYTES = 16 + N_TRAIN * _ROWS * _COLS
+_MAX_BYTES = 16 + N_TRAIN * PIXELS
 # split -> (images file, labels file, number of examples), file names without ".gz"
 _SPLITS = {
     "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", N_TRAIN),
@@ -193,8 +194,8 @@ def _read_idx_stream(read: Callable[[int], bytes], path: Path,
             raise MNISTError(f"{path}: expected a 16-byte IDX image header, "
                              f"found {len(header)} bytes")
         rows, cols = struct.unpack(">II", header[8:16])
-        if (rows, cols) != (_ROWS, _COLS):
-            raise MNISTError(f"{path}: expected {_ROWS}x{_COLS} images, found {rows}x{cols}")
+        if (rows, cols) != (SIDE, SIDE):
+            raise MNISTError(f"{path}: expected {SIDE}x{SIDE} images, found {rows}x{cols}")
         what, shape = "images", (n, rows, cols)
     elif magic == _LABELS_MAGIC:
         what, shape = "labels", (n,)
@@ -346,8 +347,8 @@ def _load_with_keras() -> _Raw:
 def _pair(x: np.ndarray, y: np.ndarray, x_source: str, y_source: str,
           n: int | None) -> tuple[np.ndarray, np.ndarray]:
     """Check that images and labels have the right form and line up (and number `n`)."""
-    if x.dtype != np.uint8 or x.ndim != 3 or x.shape[1:] != (_ROWS, _COLS):
-        raise MNISTError(f"{x_source}: expected uint8 images of shape (N, {_ROWS}, {_COLS}), "
+    if x.dtype != np.uint8 or x.ndim != 3 or x.shape[1:] != (SIDE, SIDE):
+        raise MNISTError(f"{x_source}: expected uint8 images of shape (N, {SIDE}, {SIDE}), "
                          f"found {x.dtype} {x.shape}")
     if y.dtype != np.uint8 or y.ndim != 1:
         raise MNISTError(f"{y_source}: expected uint8 labels of shape (N,), "
@@ -369,7 +370,7 @@ def _check_labels(y: np.ndarray, source: str) -> None:
 def _pixels(x: np.ndarray) -> np.ndarray:
     """uint8 (N, 28, 28) -> float32 (N, 784) in [0, 1], with no float64 copy on the way
     (cast, then divide in place: 4x faster than a mixed-type divide, the same numbers)."""
-    out = x.reshape(len(x), _ROWS * _COLS).astype(np.float32)
+    out = x.reshape(len(x), PIXELS).astype(np.float32)
     return np.divide(out, np.float32(255), out=out)
 
 

@@ -1,112 +1,22 @@
 """One digit inside the network, and what one backprop step on it does.
 
-`prepare_digit` turns any picture of a digit into what the network expects (MNIST's own
-recipe); `explain` runs it through the model layer by layer and backpropagates, all with the
-engine's Tensor and backward — nothing here differentiates by hand. Computing only: the
-pictures are drawn by `plots.plot_explanation`.
+`explain` runs a digit (prepared by `digit_image.prepare_digit`) through the model layer by
+layer and backpropagates, all with the engine's Tensor and backward: nothing here
+differentiates by hand. Computing only: the pictures are drawn by `plots.plot_explanation`.
 """
 from __future__ import annotations
 
 import copy
-import os
 from dataclasses import dataclass, fields
 from typing import Any
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
 
+from .data import SIDE
+from .digit_image import network_input
 from .nn import Dropout, Linear, Module, ReLU, Sequential, cross_entropy
 from .optim import SGD
 from .tensor import Tensor, grad, no_grad
-
-SIDE = 28  # MNIST digits are 28x28, the ink scaled to fit a BOX x BOX square, and its centre
-BOX = 20  # of mass CENTRE px from the top and left edges: the middle of pixel (14, 14),
-CENTRE = 14.5  # where the average MNIST digit's centre of mass lies
-
-
-# ----------------------------------------------------------------------------- the digit
-
-
-def prepare_digit(image: Any) -> np.ndarray:
-    """A (28, 28) float32 digit in [0, 1], white ink on black, made the way MNIST was made.
-
-    `image` is a 2-D array of any size and value range (uint8 0-255, float, bool), either
-    dark ink on light paper or light on dark (the border decides), or a path to a PNG/JPEG
-    (transparency composited on white, colour turned grey). The ink is cropped, its longer
-    side scaled to 20 px (anti-aliased, aspect kept), and placed in 28x28 with its centre of
-    mass in the middle. Raises ValueError for a blank image, a wrong shape or a non-image file.
-    """
-    a = _read_image(image) if isinstance(image, (str, os.PathLike)) else _as_2d(image)
-    a = _normalized(a)
-    border = np.concatenate([a[0], a[-1], a[:, 0], a[:, -1]])
-    if border.mean() > 0.5:  # light paper: make the ink the bright part, as in MNIST
-        a, border = 1.0 - a, 1.0 - border
-    background = float(np.median(border))
-    a = np.clip((a - background) / max(a.max() - background, 1e-12), 0.0, 1.0)
-    rows, cols = np.nonzero(a > 0.1)
-    if rows.size == 0:
-        raise ValueError("the image is blank: no ink stands out from the background")
-    ink = a[rows.min():rows.max() + 1, cols.min():cols.max() + 1]
-    scale = BOX / max(ink.shape)  # output pixels per input pixel
-    total = ink.sum()
-    cy = (ink.sum(axis=1) * np.arange(ink.shape[0])).sum() / total + 0.5  # centre of mass,
-    cx = (ink.sum(axis=0) * np.arange(ink.shape[1])).sum() / total + 0.5  # pixel edges at 0, 1, ..
-    # the input point that lands on the canvas centre: the centre of mass, unless that would
-    # push the ink over an edge of the canvas
-    half = CENTRE / scale
-    cy = float(np.clip(cy, ink.shape[0] - (SIDE - CENTRE) / scale, half))
-    cx = float(np.clip(cx, ink.shape[1] - (SIDE - CENTRE) / scale, half))
-    pad = int(np.ceil(SIDE / scale)) + 1  # room around the ink, so the box below stays inside
-    padded = np.pad(ink, pad).astype(np.float32)
-    box = (cx + pad - half, cy + pad - half, cx + pad - half + SIDE / scale,
-           cy + pad - half + SIDE / scale)
-    resized = Image.fromarray(padded).resize((SIDE, SIDE), Image.Resampling.LANCZOS, box=box)
-    out = np.clip(np.asarray(resized, dtype=np.float32), 0.0, 1.0)  # Lanczos rings past the range
-    if out.max() <= 0:
-        raise ValueError("the image is blank: no ink is left at 28x28 pixels")
-    return out
-
-
-def _read_image(path: str | os.PathLike) -> np.ndarray:
-    """Grey levels in [0, 1] of a picture file, transparent parts as white paper."""
-    try:
-        with Image.open(path) as img:
-            img.load()
-            if img.mode in ("RGBA", "LA", "PA") or "transparency" in img.info:
-                paper = Image.new("RGBA", img.size, (255, 255, 255, 255))
-                grey = Image.alpha_composite(paper, img.convert("RGBA")).convert("L")
-            else:
-                grey = img.convert("L")
-    except FileNotFoundError:
-        raise ValueError(f"image file not found: {path}") from None
-    except (UnidentifiedImageError, OSError) as e:
-        raise ValueError(f"{path} is not a readable image (expected a PNG or JPEG): {e}") from None
-    return np.asarray(grey, dtype=np.float64) / 255.0
-
-
-def _as_2d(image: Any) -> np.ndarray:
-    raw = np.asarray(image)
-    if raw.ndim != 2:
-        raise ValueError(f"a digit image must be a 2-D array (height, width) or a file path, "
-                         f"got shape {raw.shape}")
-    if raw.dtype.kind not in "biuf":
-        raise ValueError(f"a digit image must hold numbers, got dtype {raw.dtype}")
-    if min(raw.shape) < 2:
-        raise ValueError(f"a digit image must be at least 2x2 pixels, got shape {raw.shape}")
-    a = raw.astype(np.float64)
-    if not np.isfinite(a).all():
-        raise ValueError("the image contains NaN or infinite values")
-    return a / 255.0 if raw.dtype == np.uint8 else a
-
-
-def _normalized(a: np.ndarray) -> np.ndarray:
-    """Stretch the values to [0, 1]; refuse an image with (almost) no contrast."""
-    lo, hi = float(a.min()), float(a.max())
-    # in a known range ([0, 1], or uint8 scaled to it) less than 5 % contrast is blank paper
-    if hi - lo <= (0.05 if lo >= 0 and hi <= 1 else 0.0):
-        raise ValueError(f"the image is blank: all values lie in [{lo:.3g}, {hi:.3g}]")
-    return (a - lo) / (hi - lo)
-
 
 # ----------------------------------------------------------------------------- explanation
 
@@ -171,9 +81,10 @@ def explain(model: Module, image: Any, label: int | None = None, lr: float = 0.1
                 or not 0 <= label < n_classes:
             raise ValueError(f"label must be an integer class in [0, {n_classes}), got {label!r}")
         label = int(label)
-    if not lr > 0:
-        raise ValueError(f"lr must be positive, got {lr}")
-    digit = _network_input(image)
+    if isinstance(lr, bool) or not isinstance(lr, (int, float, np.integer, np.floating)) \
+            or not lr > 0:
+        raise ValueError(f"lr must be a positive number, got {lr!r}")
+    digit = network_input(image)
 
     x = Tensor(digit.reshape(1, -1).astype(params[0].dtype), requires_grad=True)
     activity, logits = _forward(layers, x)
@@ -194,21 +105,28 @@ def explain(model: Module, image: Any, label: int | None = None, lr: float = 0.1
                        after_step=None if label is None else _one_step(model, x.data, label, lr))
 
 
+def sgd_step(model: Module, digit: np.ndarray, label: int, lr: float) -> float:
+    """One plain SGD step on one digit, through the engine's backward: the lesson of "this is
+    a `label`". Changes `model`'s weights; returns the loss before the step."""
+    model.zero_grad()  # a leftover .grad must not leak into the step
+    loss = cross_entropy(model(Tensor(digit.reshape(1, -1))), [label])
+    loss.backward()
+    SGD(model.parameters(), lr=lr).step()
+    model.zero_grad()
+    return loss.item()
+
+
 def _one_step(model: Module, x: np.ndarray, label: int, lr: float) -> AfterStep:
     """Loss and probabilities after one plain SGD step on this digit, on a copy of the model."""
-    twin = copy.deepcopy(model)
-    twin.zero_grad()  # the original's leftover .grad must not leak into the step
-    layers, params = _layers(twin), twin.parameters()
-    before = params[0].data.copy()
-    _, logits = _forward(layers, Tensor(x))
-    loss = cross_entropy(logits, [label])
-    loss.backward()
-    SGD(params, lr=lr).step()
+    twin = copy.deepcopy(model).eval()
+    first = twin.parameters()[0]
+    before = first.data.copy()
+    loss_before = sgd_step(twin, x, label, lr)
     with no_grad():
-        _, after = _forward(layers, Tensor(x))
+        _, after = _forward(_layers(twin), Tensor(x))
         loss_after = cross_entropy(after, [label]).item()
-    return AfterStep(lr=float(lr), loss_before=float(loss.item()), loss_after=float(loss_after),
-                     probs=after.softmax(axis=1).data[0], weight_change=params[0].data - before)
+    return AfterStep(lr=float(lr), loss_before=float(loss_before), loss_after=float(loss_after),
+                     probs=after.softmax(axis=1).data[0], weight_change=first.data - before)
 
 
 def _layers(model: Module) -> list[Module]:
@@ -235,18 +153,6 @@ def _forward(layers: list[Module], x: Tensor) -> tuple[list[LayerActivity], Tens
         elif isinstance(m, ReLU) and activity:
             activity[-1].post = x.data[0].copy()
     return activity, x
-
-
-def _network_input(image: Any) -> np.ndarray:
-    """The (28, 28) float32 digit: used as is when it is already MNIST-shaped in [0, 1]."""
-    if not isinstance(image, (str, os.PathLike)):
-        a = np.asarray(image)
-        if a.shape == (SIDE * SIDE,):
-            a = a.reshape(SIDE, SIDE)
-        if a.shape == (SIDE, SIDE) and a.dtype.kind == "f" and np.isfinite(a).all() \
-                and a.min() >= 0 and a.max() <= 1:
-            return a.astype(np.float32)
-    return prepare_digit(image)
 
 
 def _jsonable(value: Any) -> Any:

@@ -7,6 +7,7 @@ blue, constants (inputs that need no gradient) white and dashed. Ops recorded un
 """
 from __future__ import annotations
 
+import copy
 import html
 import os
 from collections import Counter, defaultdict
@@ -17,6 +18,7 @@ import graphviz
 import numpy as np
 
 from .files import atomic_write
+from .nn import Module, cross_entropy
 from .tensor import Tensor
 
 RANKDIRS = ("LR", "TB")
@@ -43,6 +45,19 @@ def retain_grads(root: Tensor) -> None:
     for t in _walk(root):
         if t.requires_grad:
             t.retain_grad()
+
+
+def loss_graph(model: Module, images: np.ndarray, labels: np.ndarray) -> Tensor:
+    """The loss of `model` on a small batch, after backward with every node's gradient kept:
+    the graph worth drawing. A copy of the model runs (in eval mode), so the model's own
+    weights and `.grad`s are left alone."""
+    twin = copy.deepcopy(model).eval()
+    pixels = Tensor(images, name=f"pixels of {len(images)} digits")
+    loss = cross_entropy(twin(pixels), labels)
+    loss.name = "loss"
+    retain_grads(loss)
+    loss.backward()
+    return loss
 
 
 def draw_graph(root: Tensor, path: str | os.PathLike | None = None, *, show_values: bool = True,

@@ -10,7 +10,8 @@ from typing import Any
 
 import numpy as np
 
-from .tensor import Function, Tensor, _const, is_grad_enabled, name_scope
+from .ops import Affine, CrossEntropy
+from .tensor import Tensor, _const, name_scope
 
 
 class Module:
@@ -38,6 +39,12 @@ class Module:
                 yield name, value
             elif isinstance(value, (list, tuple)):
                 yield from ((f"{name}.{i}", m) for i, m in enumerate(value) if isinstance(m, Module))
+
+    def named_modules(self, prefix: str = "") -> Iterator[tuple[str, Module]]:
+        """This module (as "") and every module inside it, by path: "layers.0", ..."""
+        yield prefix.rstrip("."), self
+        for name, child in self.children():
+            yield from child.named_modules(f"{prefix}{name}.")
 
     def named_parameters(self, prefix: str = "") -> Iterator[tuple[str, Tensor]]:
         for name, value in vars(self).items():
@@ -141,25 +148,6 @@ class Linear(Module):
         return self.label
 
 
-class Affine(Function):
-    """x @ weight + bias for a 2-D batch x, fused into one op (as PyTorch's addmm): the graph
-    then keeps one (N, out) array per layer instead of two, and one node's bookkeeping instead
-    of two — about 3 % of a training step of the MLPs in the benchmark."""
-
-    def forward(ctx, x: Tensor, w: Tensor, b: Tensor) -> np.ndarray:
-        ctx.save(x, w, b)
-        return x.data @ w.data + b.data
-
-    def backward(ctx, out: Tensor, g: Tensor) -> tuple[Tensor | None, ...]:
-        x, w, b = ctx.saved  # each gradient only where needed: a frozen layer skips its matmul
-        if is_grad_enabled():  # create_graph: the gradient must be made of recorded ops
-            return (g @ w.T if x.requires_grad else None, x.T @ g if w.requires_grad else None,
-                    g.sum(axis=0) if b.requires_grad else None)
-        return (_const(g.data @ w.data.T) if x.requires_grad else None,
-                _const(x.data.T @ g.data) if w.requires_grad else None,
-                _const(g.data.sum(axis=0)) if b.requires_grad else None)
-
-
 class ReLU(Module):
     def forward(self, x: Tensor) -> Tensor:
         return x.relu()
@@ -218,30 +206,6 @@ class MLP(Sequential):
 
     def scope_label(self) -> str:
         return self.label
-
-
-class CrossEntropy(Function):
-    """Mean of -log softmax(logits)[label], fused into one op: log-sum-exp keeps it finite
-    for any logits, and the gradient is simply (softmax - onehot) / N."""
-
-    def forward(ctx, logits: Tensor, labels: np.ndarray) -> np.ndarray:
-        z = logits.data
-        shifted = z - z.max(axis=1, keepdims=True)
-        logp = shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
-        rows = np.arange(len(labels))
-        ctx.save(logits, labels, rows, np.exp(logp))
-        return np.asarray(-(logp[rows, labels].sum() / len(labels)), dtype=z.dtype)  # the mean
-
-    def backward(ctx, out: Tensor, g: Tensor) -> Tensor:
-        logits, labels, rows, probs = ctx.saved
-        if is_grad_enabled():  # create_graph: the gradient must be made of recorded ops
-            onehot = np.zeros_like(probs)
-            onehot[rows, labels] = 1
-            return (logits.softmax(axis=1) - _const(onehot)) * (g / len(labels))
-        d = probs.copy()  # otherwise the same numbers straight from the forward's softmax
-        d[rows, labels] -= 1
-        d *= g.data / len(labels)
-        return _const(d)
 
 
 def cross_entropy(logits: Tensor, labels: Any) -> Tensor:

@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from .tensor import Function, _const, _unbroadcast, is_grad_enabled
+from .tensor import Function, _const, _unbroadcast
 
 
 class Add(Function):
@@ -79,9 +79,6 @@ class MatMul(Function):
     def backward(ctx, out, g):
         x, y = ctx.saved
         if x.ndim == 2 and y.ndim == 2:  # the common case, with nothing to reshape or sum
-            if not is_grad_enabled():  # no graph wanted: the same products straight in NumPy
-                return (_const(g.data @ y.data.T) if x.requires_grad else None,
-                        _const(x.data.T @ g.data) if y.requires_grad else None)
             return (g @ y.T if x.requires_grad else None), (x.T @ g if y.requires_grad else None)
         # 1-D operands act as a row (left) or a column (right) vector, as in NumPy.
         x2 = x.reshape(1, -1) if x.ndim == 1 else x
@@ -99,6 +96,12 @@ class MatMul(Function):
         gy = _unbroadcast(x2.transpose(_swap_last(x2.ndim)) @ g2, y2.shape).reshape(y.shape) \
             if y.requires_grad else None
         return gx, gy
+
+    def fast_backward(ctx, out, g):
+        x, y = ctx.saved
+        if x.ndim != 2 or y.ndim != 2:
+            return None
+        return (g @ y.data.T if x.requires_grad else None), (x.data.T @ g if y.requires_grad else None)
 
 
 def _swap_last(ndim: int) -> tuple[int, ...]:
@@ -155,9 +158,8 @@ class ReLU(Function):
         ctx.save(x.data > 0)
         return np.maximum(x.data, 0)
 
-    def backward(ctx, out, g):
-        mask = ctx.saved[0]
-        return g * _const(mask) if is_grad_enabled() else _const(g.data * mask)
+    def backward(ctx, out, g): return g * _const(ctx.saved[0])
+    def fast_backward(ctx, out, g): return (g * ctx.saved[0],)
 
 
 class Tanh(Function):
@@ -251,6 +253,53 @@ class Softmax(Function):
     def backward(ctx, out, g):
         axis = ctx.saved[0]
         return out * (g - (g * out).sum(axis=axis, keepdims=True))
+
+
+class Affine(Function):
+    """x @ weight + bias for a 2-D batch x, fused into one op (as PyTorch's addmm): the graph
+    then keeps one (N, out) array per layer instead of two, and one node's bookkeeping
+    instead of two. nn.Linear uses it for every 2-D batch."""
+
+    def forward(ctx, x, w, b):
+        ctx.save(x, w, b)
+        return x.data @ w.data + b.data
+
+    def backward(ctx, out, g):
+        x, w, b = ctx.saved  # each gradient only where needed: a frozen layer skips its matmul
+        return (g @ w.T if x.requires_grad else None, x.T @ g if w.requires_grad else None,
+                g.sum(axis=0) if b.requires_grad else None)
+
+    def fast_backward(ctx, out, g):
+        x, w, b = ctx.saved
+        return (g @ w.data.T if x.requires_grad else None, x.data.T @ g if w.requires_grad else None,
+                g.sum(axis=0) if b.requires_grad else None)
+
+
+class CrossEntropy(Function):
+    """Mean of -log softmax(logits)[label] over a batch, fused into one op: log-sum-exp keeps
+    it finite for any logits, and the gradient is simply (softmax - onehot) / N.
+    nn.cross_entropy checks the labels and calls it."""
+
+    def forward(ctx, logits, labels):
+        z = logits.data
+        shifted = z - z.max(axis=1, keepdims=True)
+        logp = shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
+        rows = np.arange(len(labels))
+        ctx.save(logits, labels, rows, np.exp(logp))
+        return np.asarray(-(logp[rows, labels].sum() / len(labels)), dtype=z.dtype)  # the mean
+
+    def backward(ctx, out, g):
+        logits, labels, rows, probs = ctx.saved
+        onehot = np.zeros_like(probs)
+        onehot[rows, labels] = 1
+        return (logits.softmax(axis=1) - _const(onehot)) * (g / len(labels))
+
+    def fast_backward(ctx, out, g):
+        logits, labels, rows, probs = ctx.saved
+        d = probs.copy()  # the forward's softmax, not computed again
+        d[rows, labels] -= 1
+        d *= g / len(labels)
+        return (d,)
 
 
 def _kept_shape(shape: tuple, axes: tuple) -> tuple:

@@ -29,7 +29,7 @@ class Optimizer:
     """Keeps each parameter's own state (momenta, step count) in `state[i]`, made on the
     parameter's first update: a parameter without a gradient in a step is left as it is."""
 
-    _state_keys: tuple[str, ...] = ()  # what `state[i]` holds once parameter i was updated
+    state_keys: tuple[str, ...] = ()  # what `state[i]` holds once parameter i was updated
 
     def __init__(self, params: Iterable[Tensor], lr: float):
         self.params = list(params)
@@ -77,9 +77,9 @@ class Optimizer:
             if key == "steps":
                 continue
             k, _, index = key.rpartition(".")
-            if k not in self._state_keys or not index.isdigit() or int(index) >= len(self.params):
-                known = f" and <{'|'.join(self._state_keys)}>.<i> for i < {len(self.params)}" \
-                    if self._state_keys else " only"
+            if k not in self.state_keys or not index.isdigit() or int(index) >= len(self.params):
+                known = f" and <{'|'.join(self.state_keys)}>.<i> for i < {len(self.params)}" \
+                    if self.state_keys else " only"
                 raise ValueError(f"{name} state has an unknown key {key!r}; expected 'steps'{known}")
             i, value = int(index), np.asarray(value)
             expected = () if k == "step" else self.params[i].shape
@@ -96,8 +96,8 @@ class Optimizer:
                     raise ValueError(f"optimizer state {key} must be numbers, got dtype {value.dtype}")
                 new[i][k] = value.astype(self.params[i].dtype, copy=True)
         for i, st in enumerate(new):
-            if st and set(st) != set(self._state_keys):
-                missing = sorted(f"{k}.{i}" for k in set(self._state_keys) - set(st))
+            if st and set(st) != set(self.state_keys):
+                missing = sorted(f"{k}.{i}" for k in set(self.state_keys) - set(st))
                 raise ValueError(f"{name} state for parameter {i} is missing {', '.join(missing)}")
         self.steps, self.state = int(steps), new
 
@@ -113,7 +113,7 @@ class SGD(Optimizer):
         if nesterov and momentum <= 0:
             raise ValueError("nesterov=True needs a momentum > 0")
         self.nesterov = nesterov
-        self._state_keys = ("velocity",) if self.momentum else ()
+        self.state_keys = ("velocity",) if self.momentum else ()
 
     def _update(self, w: np.ndarray, g: np.ndarray, state: dict[str, np.ndarray]) -> None:
         if self.weight_decay:
@@ -133,7 +133,7 @@ class Adam(Optimizer):
     """Per-parameter step sizes from running means of g and g², bias-corrected by each
     parameter's own step count (one that first gets a gradient late starts at step 1)."""
 
-    _state_keys = ("step", "m", "v")
+    state_keys = ("step", "m", "v")
 
     def __init__(self, params: Iterable[Tensor], lr: float = 1e-3,
                  betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,

@@ -1,7 +1,8 @@
 """A run's report: one self-contained HTML page that tells the story of a training run.
 
 The page is rebuilt from the run directory alone (the checkpoint holds the weights, the
-settings and the per-epoch metrics) plus MNIST. Pictures are PNGs embedded as data URIs and
+settings and the per-epoch metrics) plus MNIST; `draw_pictures` makes the run's PNGs, which
+the page embeds. Pictures are PNGs embedded as data URIs and
 the computation graph is inline SVG, so the file works offline, mailed or archived, with no
 scripts at all. The numbers are computed here; the page layout is the Jinja2 template
 `templates/report.html.j2`.
@@ -9,37 +10,61 @@ scripts at all. The numbers are computed here; the page layout is the Jinja2 tem
 from __future__ import annotations
 
 import base64
-import copy
 import os
 import tempfile
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
+from . import plots
+from .augment import epoch_shifts, shift
+from .checkpoint import Checkpoint, load_checkpoint
+from .config import TrainConfig
 from .data import MNIST, load_mnist
 from .explain import explain
+from .explain_plot import plot_explanation
 from .files import atomic_write
+from .gradcheck import check_parameters
+from .graph import GraphvizNotFound, draw_graph, loss_graph, render_to
 from .nn import Module, cross_entropy
-from .tensor import Tensor, grad, no_grad
-from .train import CHECKPOINT, Checkpoint, draw_pictures, load_checkpoint, predict_proba
+from .predict import first_mistake, predict_proba
+from .run_dir import CHECKPOINT, PICTURES
+from .seeding import epoch_order
+from .tensor import Tensor
 
 REPORT = "report.html"
 SECTIONS = ("data", "model", "curves", "predictions", "confusion", "mistakes", "explanation",
             "weights", "gradcheck")  # the page's section ids, in reading order
 
 
-@dataclass
-class GradCheckRow:
-    """One weight: the engine's gradient against a central finite difference."""
-
-    parameter: str  # e.g. "layers.0.weight"
-    layer: str  # the layer that holds it, e.g. "Linear(784→128)"
-    index: tuple[int, ...]
-    analytic: float
-    numerical: float
-    relative_error: float  # |analytic - numerical| / max(|analytic|, |numerical|)
+def draw_pictures(model: Module, data: MNIST, history: list[dict], directory: Path,
+                  config: TrainConfig) -> dict[str, Path]:
+    """The pictures a person wants after training, as PNGs in `directory` (named as in
+    run_dir.PICTURES), by name; the run's report embeds these same files."""
+    names = {key: directory / name for key, name in PICTURES.items()}
+    probs = predict_proba(model, data.test_x)
+    preds = probs.argmax(axis=1)
+    mistake = first_mistake(preds, data.test_y)  # where learning happens; else the first digit
+    pictures = {"digits": plots.plot_digits(data.train_x[:16], data.train_y[:16], names["digits"])}
+    if config.shift:
+        examples, n = data.train_x[:8], len(data.train_x[:config.train_limit])
+        moves = []
+        for epoch in range(min(3, config.epochs)):  # the very shifts these digits got in training
+            position = np.argsort(epoch_order(config.seed, epoch, n))[:8]
+            moves.append(epoch_shifts(config.seed, epoch, n, config.shift)[position])
+        pictures["augmented"] = plots.plot_augmented(
+            examples, [shift(examples, m) for m in moves], moves, names["augmented"])
+    why = explain(model, data.test_x[mistake], label=int(data.test_y[mistake]))
+    return {**pictures,
+            "curves": plots.plot_learning_curves(history, names["curves"]),
+            "predictions": plots.plot_predictions(
+                data.test_x[:24], data.test_y[:24], preds[:24], names["predictions"],
+                probs=probs[:24].max(axis=1), title="test digits: true label and prediction"),
+            "confusion": plots.plot_confusion_matrix(data.test_y, preds, names["confusion"]),
+            "mistakes": plots.plot_confident_mistakes(data.test_x, data.test_y, probs,
+                                                      names["mistakes"]),
+            "explanation": plot_explanation(why, names["explanation"]),
+            "weights": plots.plot_first_layer_weights(model.parameters()[0].data, names["weights"])}
 
 
 def write_report(run_dir: str | os.PathLike, data: MNIST | None = None,
@@ -47,7 +72,7 @@ def write_report(run_dir: str | os.PathLike, data: MNIST | None = None,
                  pictures: dict[str, Path] | None = None) -> Path:
     """Write RUN_DIR/report.html (atomically) from the run's checkpoint; returns its path.
 
-    `pictures` are the run's PNGs just drawn by `train.draw_pictures` (train passes them);
+    `pictures` are the run's PNGs just drawn by `draw_pictures` (the train command passes them);
     without them they are drawn anew from the checkpoint, so the page never shows stale ones."""
     run_dir = Path(run_dir)
     ckpt = load_checkpoint(run_dir / CHECKPOINT)
@@ -65,19 +90,20 @@ def write_report(run_dir: str | os.PathLike, data: MNIST | None = None,
 
 def render_report(ckpt: Checkpoint, data: MNIST, pictures: dict[str, Path],
                   title: str = "run") -> str:
-    """The report page as an HTML string, with `pictures` (from `train.draw_pictures`) embedded."""
+    """The report page as an HTML string, with `pictures` (from `draw_pictures`) embedded."""
     from jinja2 import Environment, PackageLoader, select_autoescape
     model = ckpt.model
     probs = predict_proba(model, data.test_x)
     preds = probs.argmax(axis=1)
     wrong = np.flatnonzero(preds != data.test_y)
-    mistake = int(wrong[0]) if len(wrong) else 0
+    mistake = first_mistake(preds, data.test_y)
     why = explain(model, data.test_x[mistake], label=int(data.test_y[mistake]))
     embedded = {name: "data:image/png;base64," + base64.b64encode(path.read_bytes()).decode("ascii")
                 for name, path in pictures.items()}
     # mistakes have the large gradients that learning follows; a sure, right digit's are ~0
     chosen = np.concatenate([wrong, np.flatnonzero(preds == data.test_y)])[:8]
-    check = gradient_check(model, data.test_x[chosen], data.test_y[chosen])
+    x, y = data.test_x[chosen].astype(np.float64), data.test_y[chosen]
+    check = check_parameters(model, lambda m: cross_entropy(m(Tensor(x)), y))
     env = Environment(loader=PackageLoader("tinygrad_mnist", "templates"),
                       autoescape=select_autoescape(["html", "j2"]))
     return env.get_template("report.html.j2").render(
@@ -90,61 +116,9 @@ def render_report(ckpt: Checkpoint, data: MNIST, pictures: dict[str, Path],
         worst_error=max(row.relative_error for row in check), sections=SECTIONS)
 
 
-def gradient_check(model: Module, x: np.ndarray, y: np.ndarray, per_parameter: int = 3,
-                   eps: float = 1e-6, seed: int = 0) -> list[GradCheckRow]:
-    """Backprop's gradient of the batch loss against central finite differences, for a few
-    randomly chosen weights of each parameter, on a float64 copy of the model (eval mode).
-    Only weights whose gradient is at least 1/1000 of the parameter's largest are chosen: a
-    gradient of ~0 is lost in the finite difference's rounding. The model is not changed."""
-    twin = copy.deepcopy(model).eval()
-    for p in twin.parameters():
-        p.data, p.grad = p.data.astype(np.float64), None
-    inputs = Tensor(np.asarray(x, dtype=np.float64))
-
-    def loss() -> Tensor:
-        return cross_entropy(twin(inputs), y)
-
-    named = list(twin.named_parameters())
-    analytic = grad(loss(), [p for _, p in named])
-    rng = np.random.default_rng(seed)
-    rows = []
-    for (name, p), g in zip(named, analytic):
-        g_data = np.zeros(p.shape) if g is None else g.data
-        large = np.flatnonzero(np.abs(g_data) >= 1e-3 * np.abs(g_data).max())
-        pool = large if len(large) >= per_parameter else np.arange(p.size)
-        for j in np.sort(rng.permutation(pool)[:per_parameter]):
-            flat, orig = p.data.reshape(-1), p.data.flat[j]
-            with no_grad():
-                flat[j] = orig + eps
-                up = loss().item()
-                flat[j] = orig - eps
-                down = loss().item()
-                flat[j] = orig
-            numerical, a = (up - down) / (2 * eps), float(g_data.flat[j])
-            scale = max(abs(a), abs(numerical))
-            rows.append(GradCheckRow(name, _owner(twin, name), tuple(int(i) for i in
-                                     np.unravel_index(j, p.shape)), a, numerical,
-                                     abs(a - numerical) / scale if scale else 0.0))
-    return rows
-
-
-def _owner(model: Module, parameter: str) -> str:
-    """The graph label of the module holding a parameter ("layers.0.weight" -> "Linear(784→128)")."""
-    module: Any = model
-    for part in parameter.split(".")[:-1]:
-        module = module[int(part)] if part.isdigit() else getattr(module, part)
-    return module.scope_label() or type(module).__name__
-
-
 def _graph_svg(model: Module, data: MNIST, batch: int = 2) -> str:
     """The loss graph of the trained model on two test digits, as inline SVG markup."""
-    from .graph import GraphvizNotFound, draw_graph, render_to, retain_grads
-    model = copy.deepcopy(model).eval()
-    pixels = Tensor(data.test_x[:batch], name=f"pixels of {batch} digits")
-    loss = cross_entropy(model(pixels), data.test_y[:batch])
-    loss.name = "loss"
-    retain_grads(loss)
-    loss.backward()
+    loss = loss_graph(model, data.test_x[:batch], data.test_y[:batch])
     with tempfile.TemporaryDirectory() as tmp:
         try:
             svg = render_to(draw_graph(loss), Path(tmp) / "graph.svg").read_text(encoding="utf-8")

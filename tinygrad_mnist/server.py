@@ -31,10 +31,10 @@ from PIL import Image
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 from werkzeug.serving import make_server
 
-from .explain import Explanation, explain, prepare_digit
-from .nn import MLP, cross_entropy
-from .optim import SGD
-from .tensor import Tensor
+from .checkpoint import load_checkpoint
+from .digit_image import grey_on_white, prepare_digit
+from .explain import Explanation, explain, sgd_step
+from .nn import MLP
 
 MAX_BODY = 1 << 20  # bytes of one request
 MAX_IMAGE_SIDE = 4096  # pixels: a small PNG can unpack into a huge image
@@ -113,7 +113,7 @@ def create_app(model: MLP, lr: float = TEACH_LR, max_sessions: int = 32) -> Flas
         with engine:
             taught = sessions.own(sid)
             before = explain(taught, digit)
-            _sgd_step(taught, before.input, label, lr)
+            sgd_step(taught, before.input, label, lr)
             after = explain(taught, digit)
         return jsonify({"label": label, "lr": lr, "before": _floats(before.probs, 6),
                         "after": _floats(after.probs, 6), "explanation": _explanation_json(after)})
@@ -145,7 +145,6 @@ def create_app(model: MLP, lr: float = TEACH_LR, max_sessions: int = 32) -> Flas
 def serve(checkpoint: str | Path, host: str = "127.0.0.1", port: int = 8000,
           max_sessions: int = 32) -> None:
     """Load the checkpoint and serve the page with Werkzeug's threaded server until Ctrl+C."""
-    from .train import load_checkpoint
     if not 0 <= port <= 65535:
         raise ValueError(f"port must be in 0..65535 (0 = any free port), got {port}")
     app = create_app(load_checkpoint(checkpoint).model, max_sessions=max_sessions)
@@ -224,8 +223,7 @@ def _png(url: Any) -> np.ndarray:
     if side > MAX_IMAGE_SIDE:
         raise InputError(f'"image" is {side} pixels wide or high; at most {MAX_IMAGE_SIDE} allowed')
     rgba.thumbnail((WORK_SIDE, WORK_SIDE))  # bounds the memory prepare_digit needs
-    paper = Image.new("RGBA", rgba.size, "white")
-    return np.asarray(Image.alpha_composite(paper, rgba).convert("L"))
+    return grey_on_white(rgba)
 
 
 def _label(body: dict[str, Any]) -> int:
@@ -236,14 +234,6 @@ def _label(body: dict[str, Any]) -> int:
 
 
 # --------------------------------------------------------------------------- the engine's side
-
-def _sgd_step(model: MLP, digit: np.ndarray, label: int, lr: float) -> None:
-    """One plain SGD step on this one digit, through the engine's backward."""
-    model.zero_grad()
-    cross_entropy(model(Tensor(digit.reshape(1, 784))), [label]).backward()
-    SGD(model.parameters(), lr=lr).step()
-    model.zero_grad()
-
 
 def _explanation_json(e: Explanation) -> dict[str, Any]:
     return {"input": _floats(e.input), "probs": _floats(e.probs, 6), "prediction": int(e.prediction),

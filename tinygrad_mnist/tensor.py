@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import heapq
 import itertools
+import threading
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -23,26 +24,36 @@ Axis = int | Sequence[int] | None
 
 # ----------------------------------------------------------------------------- grad mode
 
-_grad_enabled = True
+
+class _ThreadState(threading.local):
+    """Grad mode and the name-scope stack, per thread as in PyTorch: a `no_grad` block in one
+    thread (a server request, say) must not stop another thread from recording its graph.
+    The class attributes are each new thread's starting values."""
+
+    grad_enabled = True
+    scope: tuple[str, ...] = ()
+
+
+_state = _ThreadState()
+_recorded = itertools.count()  # numbers recorded ops in order: backward runs them newest first
 
 
 def is_grad_enabled() -> bool:
-    return _grad_enabled
+    return _state.grad_enabled
 
 
 class set_grad_enabled:
-    """Context manager (and decorator) that turns graph recording on or off inside it."""
+    """Context manager (and decorator) that turns graph recording on or off inside it, in
+    this thread."""
 
     def __init__(self, mode: bool = True):
         self.mode = mode
 
     def __enter__(self) -> None:
-        global _grad_enabled
-        self.prev, _grad_enabled = _grad_enabled, self.mode
+        self.prev, _state.grad_enabled = _state.grad_enabled, self.mode
 
     def __exit__(self, *exc: Any) -> None:
-        global _grad_enabled
-        _grad_enabled = self.prev
+        _state.grad_enabled = self.prev
 
     def __call__(self, fn: Callable) -> Callable:
         @functools.wraps(fn)
@@ -60,24 +71,18 @@ class no_grad(set_grad_enabled):
         super().__init__(False)
 
 
-_scope: tuple[str, ...] = ()
-_recorded = itertools.count()  # numbers recorded ops in order: backward runs them newest first
-
-
 class name_scope:
-    """Label the ops recorded inside (nestable), so the graph picture can box them together,
-    e.g. every op of one Linear layer in a cluster called "Linear(784→128)"."""
+    """Label the ops recorded inside (nestable, per thread), so the graph picture can box them
+    together, e.g. every op of one Linear layer in a cluster called "Linear(784→128)"."""
 
     def __init__(self, label: str):
         self.label = label
 
     def __enter__(self) -> None:
-        global _scope
-        self.prev, _scope = _scope, _scope + (self.label,)
+        self.prev, _state.scope = _state.scope, _state.scope + (self.label,)
 
     def __exit__(self, *exc: Any) -> None:
-        global _scope
-        _scope = self.prev
+        _state.scope = self.prev
 
 
 # ----------------------------------------------------------------------------- Tensor
@@ -275,20 +280,20 @@ def grad(output: Tensor, inputs: Sequence[Tensor], grad_output: Any = None,
         if not isinstance(t, Tensor):
             raise TypeError(f"grad() inputs[{i}] is a {type(t).__name__}, expected a Tensor "
                             f"(the gradient is taken with respect to Tensors in the graph)")
-    handed: set[int] = set()
-    grads = _backprop(output, grad_output, retain_graph, create_graph, store=False, handed=handed)
+    claimed: set[int] = set()
+    grads = _backprop(output, grad_output, retain_graph, create_graph, store=False, claimed=claimed)
     with set_grad_enabled(create_graph):
-        return [_owned(grads[t], handed) if t in grads else None for t in inputs]
+        return [_owned(grads[t], claimed) if t in grads else None for t in inputs]
 
 
 def _backprop(root: Tensor, seed: Any, retain_graph: bool, create_graph: bool,
-              store: bool, handed: set[int] | None = None) -> dict[Tensor, Tensor]:
+              store: bool, claimed: set[int] | None = None) -> dict[Tensor, Tensor]:
     if not isinstance(root, Tensor):
         raise TypeError(f"backward needs a Tensor, got {type(root).__name__}")
     if not root.requires_grad:
         raise RuntimeError("backward() on a Tensor that does not require grad: no input had "
                            "requires_grad=True, or it was computed under no_grad()")
-    handed = set() if handed is None else handed  # ids of arrays that a .grad may not take
+    claimed = set() if claimed is None else claimed  # ids of arrays a .grad may not take over
     if seed is None:
         if root.size != 1:
             raise RuntimeError(f"backward() on a non-scalar Tensor of shape {root.shape} needs "
@@ -299,7 +304,7 @@ def _backprop(root: Tensor, seed: Any, retain_graph: bool, create_graph: bool,
         if seed.shape != root.shape:
             raise ValueError(f"backward() grad has shape {seed.shape}, expected the output's "
                              f"shape {root.shape}")
-        handed.add(id(seed.data))  # the caller's array: a .grad may not take it over
+        claimed.add(id(seed.data))  # the caller's array: a .grad may not take it over
     retain_graph = retain_graph or create_graph  # the gradient's graph reuses this one's tensors
     grads: dict[Tensor, Tensor] = {root: seed}  # keyed by the tensor itself: hashed by identity
     todo: list[tuple[int, Tensor]] = []
@@ -308,18 +313,23 @@ def _backprop(root: Tensor, seed: Any, retain_graph: bool, create_graph: bool,
     with set_grad_enabled(create_graph):
         while todo:
             t = heapq.heappop(todo)[1]
-            # free each gradient once used: keeping them all costs ~4% of a training step
+            # free each gradient once used: memory holds a few layers' gradients, not all
             g = grads.pop(t) if store else grads[t]
             if store and t._retains_grad:
-                t.grad = _owned(g, handed) if t.grad is None else t.grad + g
+                t.grad = _owned(g, claimed) if t.grad is None else t.grad + g
             ctx = t._ctx
             assert ctx is not None  # only op outputs wait in the heap
             if ctx.saved is None:
                 raise RuntimeError(f"backward through {type(ctx).__name__} a second time: the graph "
                                    f"was freed by the first backward(); pass retain_graph=True to it")
-            in_grads = ctx.backward(t, g)
-            if not isinstance(in_grads, tuple):
-                in_grads = (in_grads,)
+            fast = None if create_graph or ctx.fast_backward is None else \
+                ctx.fast_backward(t.data, g.data)
+            if fast is not None:  # the same rule on plain arrays: no per-op cost
+                in_grads: tuple[Tensor | None, ...] = tuple(
+                    a if a is None else _const(a) for a in fast)
+            else:
+                rule = ctx.backward(t, g)
+                in_grads = rule if isinstance(rule, tuple) else (rule,)
             if len(in_grads) != len(ctx.parents):  # zip would silently drop the missing ones
                 raise RuntimeError(f"{type(ctx).__name__}.backward returned {len(in_grads)} "
                                    f"gradients for {len(ctx.parents)} inputs; expected one per "
@@ -344,17 +354,17 @@ def _backprop(root: Tensor, seed: Any, retain_graph: bool, create_graph: bool,
         if store:
             for t in leaves:
                 g = grads[t]
-                t.grad = _owned(g, handed) if t.grad is None else t.grad + g
+                t.grad = _owned(g, claimed) if t.grad is None else t.grad + g
     return grads
 
 
-def _owned(g: Tensor, handed: set[int]) -> Tensor:
+def _owned(g: Tensor, claimed: set[int]) -> Tensor:
     """g, if its array is one no one else holds; else a copy. Rules pass one gradient to
     several inputs (Add gives g to both) or a view of it (Reshape), and the seed is the
     caller's, so without this `p.grad.data *= 0.5` could scale two parameters' gradients
     at once. Gradients fresh from a product or sum (most, and the big ones) are kept as is."""
-    if g.data.base is None and id(g.data) not in handed:
-        handed.add(id(g.data))
+    if g.data.base is None and id(g.data) not in claimed:
+        claimed.add(id(g.data))
         return g
     return ops.Cast.apply(g, dtype=g.dtype)  # Cast always copies; under create_graph it is recorded
 
@@ -377,11 +387,6 @@ def _unbroadcast(g: Tensor, shape: tuple) -> Tensor:
     if lead < 0:
         return g  # a rule's wrongly shaped gradient: backward names it
     stretched = tuple(lead + i for i, n in enumerate(shape) if n == 1 and g.shape[lead + i] != 1)
-    if not _grad_enabled:  # no graph wanted: plain NumPy sums (a bias gradient every step)
-        arr = g.data.sum(axis=tuple(range(lead))) if lead else g.data
-        if stretched:
-            arr = arr.sum(axis=tuple(a - lead for a in stretched), keepdims=True)
-        return _const(arr) if lead or stretched else g
     if lead:
         g = g.sum(axis=tuple(range(lead)))
     return g.sum(axis=tuple(a - lead for a in stretched), keepdims=True) if stretched else g
@@ -438,6 +443,13 @@ class Function:
     away broadcast axes, so rules are written as if shapes matched. A recorded ctx keeps
     `parents` (the input Tensors), `saved` (None once backward has freed it) and `scope`
     (the `name_scope` labels active when it was recorded).
+
+    An op on a training step's hot path may also define `fast_backward(ctx, out, g)`: the
+    same rule on plain arrays, returning a tuple of one array (or None) per input, or None
+    as a whole where it does not cover the inputs' shapes. The engine uses it whenever no
+    graph of the gradient is wanted (no `create_graph`), which skips the per-op cost of
+    Tensor arithmetic; `backward` stays the rule for second derivatives, and the tests hold
+    the two to the same numbers.
     """
 
     __slots__ = ("parents", "saved", "scope", "seq")
@@ -445,6 +457,7 @@ class Function:
     saved: Any  # the tuple `save` stored; None once backward has freed it
     scope: tuple[str, ...]
     seq: int
+    fast_backward: Callable[..., tuple[np.ndarray | None, ...] | None] | None = None
 
     def save(self, *values: Any) -> None:
         self.saved = values
@@ -458,10 +471,10 @@ class Function:
         except ValueError as e:
             shapes = " and ".join(str(p.shape) for p in parents)
             raise ValueError(f"{cls.__name__}: input shapes {shapes}: {e}") from None
-        if _grad_enabled:
+        if _state.grad_enabled:
             for p in parents:  # a plain loop: any(<generator>) costs more than the check itself
                 if p.requires_grad:
-                    ctx.scope, ctx.seq = _scope, next(_recorded)
+                    ctx.scope, ctx.seq = _state.scope, next(_recorded)
                     return Tensor._wrap(data, ctx)
         return Tensor._wrap(data)
 

@@ -1,0 +1,33 @@
+"""What a trained model says about a set of digits: probabilities, accuracy and loss, and the
+first digit it gets wrong (where a person learns most about it)."""
+from __future__ import annotations
+
+import numpy as np
+
+from .nn import Module
+from .tensor import Tensor, no_grad
+
+
+@no_grad()
+def predict_proba(model: Module, x: np.ndarray, batch_size: int = 2000) -> np.ndarray:
+    """Class probabilities (N, 10), in eval mode and without recording a graph."""
+    was_training = model.training
+    model.eval()
+    probs = [model(Tensor(x[i:i + batch_size])).softmax(axis=1).data
+             for i in range(0, len(x), batch_size)]
+    model.train(was_training)
+    return np.concatenate(probs) if probs else np.zeros((0, 10), np.float32)
+
+
+def evaluate(model: Module, x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
+    """(mean cross-entropy, accuracy) of the model on (x, y)."""
+    probs = predict_proba(model, x)
+    picked = probs[np.arange(len(y)), y].astype(np.float64)
+    loss = float(-np.log(np.maximum(picked, 1e-12)).mean())
+    return loss, float((probs.argmax(axis=1) == y).mean())
+
+
+def first_mistake(preds: np.ndarray, labels: np.ndarray) -> int:
+    """The index of the first digit whose prediction is wrong; 0 when none is."""
+    wrong = np.flatnonzero(np.asarray(preds) != np.asarray(labels))
+    return int(wrong[0]) if len(wrong) else 0
