@@ -178,7 +178,7 @@ def _tiles_figure(images: np.ndarray, captions: list[str], ncols: int, title: st
                   centre_lines: bool = False, size: float = 1.2, fontsize: float = 8) -> Figure:
     """Digits in a grid, each `size` inches wide with its caption above and a frame (red and
     thick where `wrong`), dark ink on white paper. All of it is one image on one axes, with the
-    figure sized around it: one axes per digit and a layout engine took 4x as long to draw."""
+    figure sized around it: one axes per digit and a layout engine cost far more to draw."""
     ncols = min(_check_positive_int("ncols", ncols), len(images))
     nrows = math.ceil(len(images) / ncols)
     inch = size / SIDE  # inches per pixel
@@ -240,7 +240,7 @@ def _confusion_figure(labels: np.ndarray, preds: np.ndarray, n_classes: int) -> 
 
 def _weights_figure(weight: np.ndarray, n: int | None) -> Figure:
     """One 28x28 tile per unit, each coloured symmetrically around 0 on its own scale so the sign
-    is visible, laid out in one image (one imshow, not one axes per unit: 20x faster to draw)."""
+    is visible, laid out in one image (one imshow, not one axes per unit, which draws slowly)."""
     weight = np.asarray(weight)
     if weight.ndim != 2 or weight.shape[0] != SIDE * SIDE:
         raise ValueError(f"weight must be (784, H), the first Linear layer's in x out matrix, "

@@ -330,6 +330,11 @@ def _backprop(root: Tensor, seed: Any, retain_graph: bool, create_graph: bool,
             else:
                 rule = ctx.backward(t, g)
                 in_grads = rule if isinstance(rule, tuple) else (rule,)
+                for a in in_grads:
+                    if a is not None and not isinstance(a, Tensor):
+                        raise TypeError(f"{type(ctx).__name__}.backward returned a "
+                                        f"{type(a).__name__} as a gradient; expected a Tensor "
+                                        f"(or None), built with Tensor operations")
             if len(in_grads) != len(ctx.parents):  # zip would silently drop the missing ones
                 raise RuntimeError(f"{type(ctx).__name__}.backward returned {len(in_grads)} "
                                    f"gradients for {len(ctx.parents)} inputs; expected one per "
