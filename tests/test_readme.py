@@ -1,4 +1,4 @@
-"""Every ```python block of README.md runs, so a README example that stops working fails CI.
+"""Every ```python block of README.md and docs/*.md runs, so an example that stops working fails CI.
 
 Blocks are found generically (fenced with ``` or ~~~, language python/py/python3, indented
 inside list items too), so sections added later are tested without touching this file. Each
@@ -27,12 +27,14 @@ import pytest
 from conftest import DEFAULT_MNIST, ROOT, require
 
 README = ROOT / "README.md"
+DOCS = [README, *sorted((ROOT / "docs").glob("*.md"))]
 FENCE = re.compile(r"^(?P<indent>[ \t]*)(?P<fence>`{3,}|~{3,})[ \t]*(?P<info>[^`\n]*)$")
 PYTHON = {"python", "py", "python3"}
 
 
 @dataclass
 class Block:
+    doc: str          # the Markdown file, relative to the checkout ("README.md", "docs/engine.md")
     section: str      # the `##` heading it sits under ("" before the first one)
     index: int        # its position among the python blocks of that section
     line: int         # 1-based README line of its first code line
@@ -41,14 +43,15 @@ class Block:
     @property
     def test_id(self) -> str:
         first = next((s.strip() for s in self.code.splitlines() if s.strip()), "")
-        return f"{_slug(self.section) or 'top'}-{self.index + 1}-{_slug(first)[:40]}"
+        where = "" if self.doc == "README.md" else _slug(Path(self.doc).stem) + "-"
+        return f"{where}{_slug(self.section) or 'top'}-{self.index + 1}-{_slug(first)[:40]}"
 
 
 def _slug(text: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
 
 
-def python_blocks(markdown: str) -> list[Block]:
+def python_blocks(markdown: str, doc: str = "README.md") -> list[Block]:
     """The python code blocks of a Markdown text, in order, with the `##` section of each."""
     blocks: list[Block] = []
     section, per_section = "", {}
@@ -70,7 +73,7 @@ def python_blocks(markdown: str) -> list[Block]:
         if words and words[0].lower() in PYTHON:
             index = per_section.get(section, 0)
             per_section[section] = index + 1
-            blocks.append(Block(section, index, i + 2, "\n".join(body) + "\n"))
+            blocks.append(Block(doc, section, index, i + 2, "\n".join(body) + "\n"))
         i = j + 1
     return blocks
 
@@ -106,7 +109,8 @@ class Session:
     failed: str | None = None
 
 
-BLOCKS = python_blocks(README.read_text(encoding="utf-8"))
+BLOCKS = [block for path in DOCS for block in
+          python_blocks(path.read_text(encoding="utf-8"), str(path.relative_to(ROOT)))]
 
 
 @pytest.fixture(scope="module")
@@ -115,21 +119,24 @@ def sessions() -> dict[str, Session]:
 
 
 def test_readme_has_python_blocks():
-    assert len(BLOCKS) >= 3, f"found only {len(BLOCKS)} python blocks in README.md"
+    in_readme = [b for b in BLOCKS if b.doc == "README.md"]
+    assert len(in_readme) >= 2, f"found only {len(in_readme)} python blocks in README.md"
+    assert any(b.doc == "docs/engine.md" for b in BLOCKS)  # the reference's examples run too
 
 
 @pytest.mark.parametrize("block", BLOCKS, ids=[b.test_id for b in BLOCKS])
 def test_readme_block_runs(block: Block, sessions: dict[str, Session], tmp_path_factory,
                            request, monkeypatch):
-    session = sessions.setdefault(block.section, Session(tmp_path_factory.mktemp("readme")))
+    session = sessions.setdefault(f"{block.doc}#{block.section}",
+                                  Session(tmp_path_factory.mktemp("readme")))
     monkeypatch.chdir(session.cwd)
     monkeypatch.setenv("MPLBACKEND", "Agg")
-    section_blocks = [b for b in BLOCKS if b.section == block.section]
+    section_blocks = [b for b in BLOCKS if (b.doc, b.section) == (block.doc, block.section)]
     if any(needs_mnist(b.code) for b in section_blocks[:block.index + 1]):
         monkeypatch.setenv("TINYGRAD_MNIST_DATA", str(request.getfixturevalue("mnist_dir")))
     elif "TINYGRAD_MNIST_DATA" not in os.environ and (DEFAULT_MNIST / "train-images-idx3-ubyte.gz").exists():
         monkeypatch.setenv("TINYGRAD_MNIST_DATA", str(DEFAULT_MNIST))  # e.g. train() without a data dir
-    run_in_section(block, section_blocks, session, str(README))
+    run_in_section(block, section_blocks, session, str(ROOT / block.doc))
 
 
 def run_in_section(block: Block, section_blocks: list[Block], session: Session, filename: str) -> None:
@@ -195,6 +202,7 @@ d = "```"
 
 def test_blocks_are_found_with_their_section_line_and_dedented_code():
     blocks = python_blocks(SAMPLE)
+    assert {b.doc for b in blocks} == {"README.md"}
     assert [(b.section, b.index, b.line, b.code) for b in blocks] == [
         ("", 0, 3, "a = 1\n"),
         ("First", 0, 13, "b = a_missing_name\n"),
