@@ -5,7 +5,6 @@ Read from the source (ast), so the rules hold for every import, also those insid
 """
 import ast
 import itertools
-from pathlib import Path
 
 import pytest
 from conftest import ROOT
