@@ -14,9 +14,10 @@ import numpy as np
 
 from .data import SIDE
 from .digit_image import network_input
+from .grad_mode import no_grad
 from .nn import Dropout, Linear, Module, ReLU, Sequential, cross_entropy
 from .optim import SGD
-from .tensor import Tensor, grad, no_grad
+from .tensor import Tensor, grad
 
 # ----------------------------------------------------------------------------- explanation
 

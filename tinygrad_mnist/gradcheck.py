@@ -15,8 +15,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .grad_mode import no_grad
 from .nn import Module
-from .tensor import Tensor, grad, no_grad
+from .tensor import Tensor, grad
 
 
 class GradcheckError(AssertionError):

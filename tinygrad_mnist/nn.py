@@ -10,8 +10,9 @@ from typing import Any
 
 import numpy as np
 
+from .grad_mode import name_scope
 from .ops import Affine, CrossEntropy
-from .tensor import Tensor, _const, name_scope
+from .tensor import Tensor, _const
 
 
 class Module:

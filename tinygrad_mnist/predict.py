@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 
+from .grad_mode import no_grad
 from .nn import Module
-from .tensor import Tensor, no_grad
+from .tensor import Tensor
 
 
 @no_grad()

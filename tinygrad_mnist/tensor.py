@@ -8,82 +8,21 @@ of its own and can be differentiated again.
 """
 from __future__ import annotations
 
-import functools
 import heapq
 import itertools
-import threading
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
 
+from .grad_mode import _state, set_grad_enabled
+
+_recorded = itertools.count()  # numbers recorded ops in order: backward runs them newest first
+
 # what an operator takes beside a Tensor (a number, list or array is lifted to a Tensor)
 Operand = Any
 # an axis argument: None (all), an int, or a sequence of ints
 Axis = int | Sequence[int] | None
-
-# ----------------------------------------------------------------------------- grad mode
-
-
-class _ThreadState(threading.local):
-    """Grad mode and the name-scope stack, per thread as in PyTorch: a `no_grad` block in one
-    thread (a server request, say) must not stop another thread from recording its graph.
-    The class attributes are each new thread's starting values."""
-
-    grad_enabled = True
-    scope: tuple[str, ...] = ()
-
-
-_state = _ThreadState()
-_recorded = itertools.count()  # numbers recorded ops in order: backward runs them newest first
-
-
-def is_grad_enabled() -> bool:
-    return _state.grad_enabled
-
-
-class set_grad_enabled:
-    """Context manager (and decorator) that turns graph recording on or off inside it, in
-    this thread."""
-
-    def __init__(self, mode: bool = True):
-        self.mode = mode
-
-    def __enter__(self) -> None:
-        self.prev, _state.grad_enabled = _state.grad_enabled, self.mode
-
-    def __exit__(self, *exc: Any) -> None:
-        _state.grad_enabled = self.prev
-
-    def __call__(self, fn: Callable) -> Callable:
-        @functools.wraps(fn)
-        def wrapper(*args: Any, **kwargs: Any) -> Any:
-            with set_grad_enabled(self.mode):
-                return fn(*args, **kwargs)
-
-        return wrapper
-
-
-class no_grad(set_grad_enabled):
-    """Nothing computed inside is recorded: for evaluation, optimizer steps, and backward itself."""
-
-    def __init__(self) -> None:
-        super().__init__(False)
-
-
-class name_scope:
-    """Label the ops recorded inside (nestable, per thread), so the graph picture can box them
-    together, e.g. every op of one Linear layer in a cluster called "Linear(784→128)"."""
-
-    def __init__(self, label: str):
-        self.label = label
-
-    def __enter__(self) -> None:
-        self.prev, _state.scope = _state.scope, _state.scope + (self.label,)
-
-    def __exit__(self, *exc: Any) -> None:
-        _state.scope = self.prev
-
 
 # ----------------------------------------------------------------------------- Tensor
 
