@@ -6,24 +6,18 @@ must not stop another thread from recording its graph.
 from __future__ import annotations
 
 import functools
-import threading
 from collections.abc import Callable
+from contextvars import ContextVar
 from typing import Any
 
-
-class _ThreadState(threading.local):
-    """This thread's grad mode and name-scope stack; the class attributes are each new
-    thread's starting values."""
-
-    grad_enabled = True
-    scope: tuple[str, ...] = ()
-
-
-_state = _ThreadState()
+# ContextVars, not a threading.local: each thread starts from the defaults, and reading one
+# is cheaper (recording an op reads grad mode each time)
+_grad_enabled: ContextVar[bool] = ContextVar("grad_enabled", default=True)
+_scope: ContextVar[tuple[str, ...]] = ContextVar("scope", default=())
 
 
 def is_grad_enabled() -> bool:
-    return _state.grad_enabled
+    return _grad_enabled.get()
 
 
 class set_grad_enabled:
@@ -34,10 +28,10 @@ class set_grad_enabled:
         self.mode = mode
 
     def __enter__(self) -> None:
-        self.prev, _state.grad_enabled = _state.grad_enabled, self.mode
+        self.token = _grad_enabled.set(self.mode)
 
     def __exit__(self, *exc: Any) -> None:
-        _state.grad_enabled = self.prev
+        _grad_enabled.reset(self.token)
 
     def __call__(self, fn: Callable) -> Callable:
         @functools.wraps(fn)
@@ -63,7 +57,7 @@ class name_scope:
         self.label = label
 
     def __enter__(self) -> None:
-        self.prev, _state.scope = _state.scope, _state.scope + (self.label,)
+        self.token = _scope.set(_scope.get() + (self.label,))
 
     def __exit__(self, *exc: Any) -> None:
-        _state.scope = self.prev
+        _scope.reset(self.token)

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from .grad_mode import _state, set_grad_enabled
+from .grad_mode import _grad_enabled, _scope, set_grad_enabled
 
 _recorded = itertools.count()  # numbers recorded ops in order: backward runs them newest first
 
@@ -261,12 +261,11 @@ def _backprop(root: Tensor, seed: Any, retain_graph: bool, create_graph: bool,
             if ctx.saved is None:
                 raise RuntimeError(f"backward through {type(ctx).__name__} a second time: the graph "
                                    f"was freed by the first backward(); pass retain_graph=True to it")
-            fast = None if create_graph or ctx.fast_backward is None else \
-                ctx.fast_backward(t.data, g.data)
-            if fast is not None:  # the same rule on plain arrays: no per-op cost
-                in_grads: tuple[Tensor | None, ...] = tuple(
-                    a if a is None else _const(a) for a in fast)
-            else:
+            fast_rule = type(ctx).fast_backward
+            # the same rule on plain arrays where the op has one: no per-op cost
+            fast: Any = None if create_graph or fast_rule is None else fast_rule(ctx, t.data, g.data)
+            in_grads: tuple[Any, ...]  # Tensors from backward, arrays from fast_backward
+            if fast is None:
                 rule = ctx.backward(t, g)
                 in_grads = rule if isinstance(rule, tuple) else (rule,)
                 for a in in_grads:
@@ -274,13 +273,16 @@ def _backprop(root: Tensor, seed: Any, retain_graph: bool, create_graph: bool,
                         raise TypeError(f"{type(ctx).__name__}.backward returned a "
                                         f"{type(a).__name__} as a gradient; expected a Tensor "
                                         f"(or None), built with Tensor operations")
+            else:
+                in_grads = fast
             if len(in_grads) != len(ctx.parents):  # zip would silently drop the missing ones
                 raise RuntimeError(f"{type(ctx).__name__}.backward returned {len(in_grads)} "
                                    f"gradients for {len(ctx.parents)} inputs; expected one per "
                                    f"input (None where an input needs none)")
-            for p, pg in zip(ctx.parents, in_grads):
-                if pg is None or not p.requires_grad:
+            for p, given in zip(ctx.parents, in_grads):
+                if given is None or not p.requires_grad:
                     continue
+                pg: Tensor = given if fast is None else _const(given)
                 if pg.data.shape != p.data.shape:  # .data: skips two property calls per edge
                     pg = _unbroadcast(pg, p.shape)
                     if pg.shape != p.shape:
@@ -415,10 +417,10 @@ class Function:
         except ValueError as e:
             shapes = " and ".join(str(p.shape) for p in parents)
             raise ValueError(f"{cls.__name__}: input shapes {shapes}: {e}") from None
-        if _state.grad_enabled:
+        if _grad_enabled.get():
             for p in parents:  # a plain loop: any(<generator>) costs more than the check itself
                 if p.requires_grad:
-                    ctx.scope, ctx.seq = _state.scope, next(_recorded)
+                    ctx.scope, ctx.seq = _scope.get(), next(_recorded)
                     return Tensor._wrap(data, ctx)
         return Tensor._wrap(data)
 
