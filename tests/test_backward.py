@@ -319,7 +319,7 @@ def test_list_and_integer_operands_take_the_tensors_float_dtype() -> None:
 # ----------------------------------------------------------------------------- the NumPy fast path
 
 
-@pytest.mark.parametrize("name", ["relu", "matmul", "affine", "cross_entropy"])
+@pytest.mark.parametrize("name", ["relu", "matmul", "affine", "cross_entropy", "margin"])
 def test_fast_backward_gives_what_the_tensor_rule_gives(name: str) -> None:
     """An op's fast_backward (used when no graph of the gradient is wanted) and its backward
     (used under create_graph) are one rule written twice: they must agree."""
@@ -332,7 +332,8 @@ def test_fast_backward_gives_what_the_tensor_rule_gives(name: str) -> None:
     make = {"relu": lambda: ((x @ w).relu() * b).sum(),
             "matmul": lambda: ((x @ w) ** 2).sum(),
             "affine": lambda: (ops.Affine.apply(x, w, b) ** 2).sum(),
-            "cross_entropy": lambda: ops.CrossEntropy.apply(x @ w, labels=labels)}[name]
+            "cross_entropy": lambda: ops.CrossEntropy.apply(x @ w, labels=labels),
+            "margin": lambda: (ops.Margin.apply(x @ w + b, target=1) ** 2).sum()}[name]
     fast = [g.data for g in grad(make(), [x, w, b]) if g is not None]
     rule = [g.data for g in grad(make(), [x, w, b], create_graph=True) if g is not None]
     assert len(fast) == len(rule) >= 2

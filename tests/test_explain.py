@@ -12,7 +12,7 @@ from tinygrad_mnist.data import load_mnist
 from tinygrad_mnist.digit_image import prepare_digit
 from tinygrad_mnist.explain import explain
 from tinygrad_mnist.nn import MLP, Linear, Sequential
-from tinygrad_mnist.tensor import Tensor
+from tinygrad_mnist.tensor import Tensor, grad
 
 
 def float64_mlp(sizes=(784, 16, 10), seed=0) -> MLP:
@@ -66,15 +66,15 @@ def test_numbers_agree_with_the_forward(digit):
     np.testing.assert_array_equal(e.input, digit.astype(np.float32))
 
 
-def test_saliency_matches_finite_differences(digit):
+def test_saliency_is_the_margins_gradient_and_matches_finite_differences(digit):
     model = float64_mlp()
     label = 3
     e = explain(model, digit, label=label)
     assert e.saliency.shape == (28, 28) and e.target == label
 
-    def log_p(x):
+    def log_p(x):  # the margin: the label's logit minus the log-sum-exp of the other nine
         z = model(Tensor(x.reshape(1, 784))).data[0]
-        return z[label] - np.log(np.exp(z).sum())
+        return z[label] - np.log(np.exp(np.delete(z, label)).sum())
 
     strongest = np.argsort(-np.abs(e.saliency).ravel())[:3]
     weakest_nonzero = np.flatnonzero(e.saliency.ravel())[:2]
@@ -312,3 +312,25 @@ def test_bad_files_are_clear_errors(tmp_path):
     (tmp_path / "notes.png").write_text("not a picture")
     with pytest.raises(ValueError, match="not a readable image"):
         prepare_digit(tmp_path / "notes.png")
+
+
+def test_a_confidently_right_digit_has_a_saliency_that_is_not_blank(mnist, checkpoint):
+    """The gradient of log p(answer) is (1 - p) times something: on a sure answer (p = 1 in
+    float32, which most digits of a trained network reach) it is ~1e-33, nothing a picture
+    or a 6-decimal JSON reply can show. The margin's gradient stays readable."""
+    from tinygrad_mnist.checkpoint import load_checkpoint
+    from tinygrad_mnist.predict import predict_proba
+    model = load_checkpoint(checkpoint).model
+    last = model.parameters()[-2:]
+    for p in last:  # the same ranking of the ten outputs, made very sure of itself
+        p.data *= 50
+    probs = predict_proba(model, mnist.test_x[:200])
+    i = int(np.flatnonzero((probs.max(axis=1) == 1.0)
+                           & (probs.argmax(axis=1) == mnist.test_y[:200]))[0])
+    x = Tensor(mnist.test_x[i:i + 1], requires_grad=True)
+    log_p = model(x).log_softmax(axis=1)[0, int(mnist.test_y[i])]
+    assert np.abs(grad(log_p, [x])[0].data).max() < 1e-12  # the old map: blank
+    e = explain(model, mnist.test_x[i])
+    assert e.prediction == mnist.test_y[i] and e.probs.max() == 1.0
+    s = np.abs(e.saliency)
+    assert s.max() > 0.1 and np.count_nonzero(s > 0.1 * s.max()) >= 30

@@ -14,8 +14,8 @@ MODULES = {p.stem: p for p in PACKAGE.glob("*.py")}
 MAX_LINES, MAX_TRAIN_LINES = 450, 350
 # the modules that present: they may draw, render pages and serve; nothing below them may
 # import what only they use
-PRESENTING = {"cli", "__main__", "server", "report", "plots", "explain_plot"}
-PRESENTATION = {"report", "plots", "explain_plot", "explain", "server"}
+PRESENTING = {"cli", "__main__", "server", "report", "plots", "explain_plot", "draw_page"}
+PRESENTATION = {"report", "plots", "explain_plot", "explain", "server", "draw_page"}
 
 
 def imports(module: str) -> set[str]:

@@ -521,3 +521,20 @@ def test_load_state_dict_stores_c_order_copies():
     layer.load_state_dict({"weight": source, "bias": np.zeros(3, np.float32)})
     assert layer.weight.data.flags.c_contiguous and layer.weight.data is not source
     np.testing.assert_array_equal(layer.weight.data, source)
+
+
+def test_frozen_shares_the_weights_as_constants_and_gives_the_same_input_gradient():
+    model = MLP([5, 4, 3], seed=0)
+    x = Tensor(np.random.default_rng(0).standard_normal((2, 5)), requires_grad=True)
+    frozen = model.frozen()
+    assert frozen.parameters() == [] and len(model.parameters()) == 4
+    assert all(f.data is p.data for f, p in zip(frozen.layers[0].__dict__.values(),
+                                                model.layers[0].__dict__.values())
+               if isinstance(p, Tensor))
+    (gx_frozen,) = grad(frozen(x).sum(), [x])
+    (gx_real,) = grad(model(x).sum(), [x])
+    np.testing.assert_array_equal(gx_frozen.data, gx_real.data)
+    out = frozen(x)
+    out.sum().backward()
+    assert all(p.grad is None for p in model.parameters())  # no weight gradient, anywhere
+    assert type(out._ctx.parents[1]).__name__ == "Tensor" and not out._ctx.parents[1].requires_grad

@@ -502,3 +502,18 @@ def test_numpy_of_a_reduced_tensor_is_an_ndarray_of_the_same_dtype() -> None:
     s = Tensor(np.ones((2, 3))).sum()
     assert isinstance(s.numpy(), np.ndarray)
     assert Tensor(s.numpy()).dtype == np.float64  # round trip keeps float64
+
+
+# ----------------------------------------------------------------------------- margin
+
+
+@pytest.mark.parametrize("target", [0, 2, 4])
+def test_margin_value_and_derivatives(target: int) -> None:
+    """The saliency's objective: z[target] minus the log-sum-exp of the other classes."""
+    from tinygrad_mnist.ops import Margin
+    z = rand((3, 5), low=-3, high=3, seed=target)
+    expected = z.data[:, target] - np.log(np.exp(np.delete(z.data, target, axis=1)).sum(axis=1))
+    np.testing.assert_allclose(Margin.apply(z, target=target).data, expected, rtol=1e-12)
+    check_grads(lambda x: Margin.apply(x, target=target), z)
+    big = Tensor(np.array([[1000.0, -1000.0, 999.0]]), requires_grad=True)  # stays finite
+    assert np.isfinite(Margin.apply(big, target=0).data).all()

@@ -1,7 +1,7 @@
 """The draw-a-digit page in a real browser: headless Chromium draws strokes with the pointer.
 
 One small model is trained on real MNIST for the whole module (about a second), served on a
-free port by Werkzeug's threaded server, and the page is driven as a user drives it.
+free port by waitress (as `serve` runs it), and the page is driven as a user drives it.
 """
 import itertools
 import math
@@ -9,11 +9,10 @@ import threading
 from pathlib import Path
 
 import pytest
-from werkzeug.serving import make_server
 
 from tinygrad_mnist.checkpoint import load_checkpoint
 from tinygrad_mnist.config import TrainConfig
-from tinygrad_mnist.server import create_app
+from tinygrad_mnist.server import create_app, make_server
 from tinygrad_mnist.train import train
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -24,13 +23,13 @@ def page_url(mnist_dir, tmp_path_factory):
     run = tmp_path_factory.mktemp("run")
     config = TrainConfig(hidden=(128, 64), epochs=2, train_limit=20000, val_size=1000)
     train(config, run, data_dir=mnist_dir, progress=False, log=lambda _: None)
-    app = create_app(load_checkpoint(run / "checkpoint.npz").model)
-    server = make_server("127.0.0.1", 0, app, threaded=True)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    app = create_app(load_checkpoint(run / "checkpoint.npz").model, data_dir=mnist_dir)
+    server = make_server(app, "127.0.0.1", 0)  # waitress, as `serve` runs it
+    thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
-    yield f"http://127.0.0.1:{server.port}/"
-    server.shutdown()
-    thread.join()
+    yield f"http://127.0.0.1:{server.effective_port}/"
+    server.close()
+    thread.join(timeout=10)
 
 
 @pytest.fixture
@@ -101,6 +100,8 @@ def test_teach_raises_the_taught_label_and_reset_forgets(page):
     assert prob("after-6") > prob("before-6")
     assert prob("after-0") < prob("before-0")
     assert '"6"' in page.find_element(By.ID, "taught-text").text
+    held = page.find_element(By.ID, "held-out")  # accountable: the lesson's cost elsewhere
+    assert held.is_displayed() and "1,000 test digits it never saw, accuracy went from" in held.text
     first_before = prob("before-6")
     page.find_element(By.ID, "reset").click()
     assert shown_prediction(page) == "0"

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from tinygrad_mnist import Tensor, grad
+from tinygrad_mnist import Tensor, grad, ops
 
 F64 = dict(rtol=1e-10, atol=1e-12)
 F32 = dict(rtol=1e-5, atol=1e-6)
@@ -208,7 +208,11 @@ SOFTMAX = [
          lambda tf, x, name=name, axis=axis: getattr(tf.nn, name)(x, axis=axis), shape)
     for name in ("log_softmax", "softmax") for shape, axis in (((3, 5), -1), ((3, 5), 0),
                                                                ((2, 3, 4), 1))
-]
+] + [  # the saliency's objective: the target's logit minus the log-sum-exp of the others
+    case(f"margin-target={t}", lambda x, t=t: ops.Margin.apply(x, target=t),
+         lambda tf, x, t=t: x[:, t] - tf.reduce_logsumexp(
+             tf.gather(x, [j for j in range(5) if j != t], axis=1), axis=1), (3, 5))
+    for t in (0, 3)]
 
 
 # ----------------------------------------------------------------------------- first order
@@ -301,6 +305,9 @@ SECOND_ORDER = [
     same("div-broadcast", lambda a, b: a / b, (3, 4), (1, 4), positive=[False, True]),
     same("pow-tensor", lambda a, b: a ** b, (3, 4), (3, 4), positive=[True, False]),
     case("log_softmax", lambda x: x.log_softmax(), lambda tf, x: tf.nn.log_softmax(x), (3, 5)),
+    case("margin", lambda x: ops.Margin.apply(x, target=2),
+         lambda tf, x: x[:, 2] - tf.reduce_logsumexp(tf.gather(x, [0, 1, 3, 4], axis=1), axis=1),
+         (3, 5)),
     case("softmax-axis0", lambda x: x.softmax(axis=0), lambda tf, x: tf.nn.softmax(x, axis=0),
          (3, 5)),
     case("matmul-chain-2d", lambda a, b, c: a @ b @ c,

@@ -86,6 +86,9 @@ def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
     file is refused without allocating more than the model needs.
     """
     path = Path(path)
+    if path.is_dir():
+        raise IsADirectoryError(f"{path} is a directory; expected a checkpoint file (an .npz "
+                                f"written by `tinygrad-mnist train`, e.g. {path / 'checkpoint.npz'})")
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
     try:

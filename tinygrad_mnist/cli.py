@@ -143,6 +143,13 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--host", default="127.0.0.1", help="address to listen on (default "
                    "%(default)s: this machine only; 0.0.0.0 opens it to the network)")
     s.add_argument("--port", type=int, default=8000, help="port (default %(default)s; 0 = any free)")
+    s.add_argument("--allow-host", action="append", default=[], metavar="NAME",
+                   help="a host name the pages may be opened by besides localhost and --host "
+                   "(repeatable), e.g. the name students type")
+    s.add_argument("--max-sessions", type=_setting_type(integer(1, 10_000)), default=32,
+                   help="browsers whose taught model is kept, the least recently used dropped "
+                   "(default %(default)s)")
+    data_flag(s)
     return parser
 
 
@@ -312,7 +319,8 @@ def _serve(args: argparse.Namespace) -> int:
     if args.checkpoint is None and not Path(checkpoint).is_file():
         raise FileNotFoundError(f"no checkpoint at {checkpoint}: train one first with "
                                 f"`tinygrad-mnist train`, or pass a CHECKPOINT")
-    serve(checkpoint, host=args.host, port=args.port)
+    serve(checkpoint, host=args.host, port=args.port, max_sessions=args.max_sessions,
+          allow_host=tuple(args.allow_host), data_dir=args.data_dir)
     return 0
 
 

@@ -28,29 +28,40 @@ def prepare_digit(image: Any) -> np.ndarray:
     mass in the middle. Raises ValueError for a blank image, a wrong shape or a non-image file.
     """
     a = _read_image(image) if isinstance(image, (str, os.PathLike)) else _as_2d(image)
-    a = _normalized(a)
+    a = _normalized(a)  # float32 from here on, changed in place: no big temporaries
     border = np.concatenate([a[0], a[-1], a[:, 0], a[:, -1]])
     if border.mean() > 0.5:  # light paper: make the ink the bright part, as in MNIST
-        a, border = 1.0 - a, 1.0 - border
-    background = float(np.median(border))
-    a = np.clip((a - background) / max(a.max() - background, 1e-12), 0.0, 1.0)
-    rows, cols = np.nonzero(a > 0.1)
+        np.subtract(1, a, out=a)
+        border = 1 - border
+    a -= np.float32(np.median(border))  # the background, at 0
+    a /= max(float(a.max()), 1e-12)
+    np.clip(a, 0, 1, out=a)
+    ink_at = a > 0.1
+    rows, cols = np.flatnonzero(ink_at.any(axis=1)), np.flatnonzero(ink_at.any(axis=0))
     if rows.size == 0:
         raise ValueError("the image is blank: no ink stands out from the background")
-    ink = a[rows.min():rows.max() + 1, cols.min():cols.max() + 1]
+    ink = a[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1]
     scale = BOX / max(ink.shape)  # output pixels per input pixel
-    total = ink.sum()
-    cy = (ink.sum(axis=1) * np.arange(ink.shape[0])).sum() / total + 0.5  # centre of mass,
-    cx = (ink.sum(axis=0) * np.arange(ink.shape[1])).sum() / total + 0.5  # pixel edges at 0, 1, ..
+    by_row, by_col = ink.sum(axis=1, dtype=np.float64), ink.sum(axis=0, dtype=np.float64)
+    total = by_row.sum()
+    cy = (by_row * np.arange(ink.shape[0])).sum() / total + 0.5  # centre of mass,
+    cx = (by_col * np.arange(ink.shape[1])).sum() / total + 0.5  # pixel edges at 0, 1, ..
     # the input point that lands on the canvas centre: the centre of mass, unless that would
     # push the ink over an edge of the canvas
     half = CENTRE / scale
     cy = float(np.clip(cy, ink.shape[0] - (SIDE - CENTRE) / scale, half))
     cx = float(np.clip(cx, ink.shape[1] - (SIDE - CENTRE) / scale, half))
-    pad = int(np.ceil(SIDE / scale)) + 1  # room around the ink, so the box below stays inside
-    padded = np.pad(ink, pad).astype(np.float32)
-    box = (cx + pad - half, cy + pad - half, cx + pad - half + SIDE / scale,
-           cy + pad - half + SIDE / scale)
+    # Black paper around the ink, as wide as the box below and Lanczos's reach beyond it
+    # (3 input pixels per output pixel, PIL's support) need: PIL never cuts a filter short.
+    reach = 3 * max(1.0, 1 / scale) + 1
+    side = SIDE / scale  # the canvas, in input pixels
+    top = int(np.ceil(max(0.0, half - cy) + reach))
+    left = int(np.ceil(max(0.0, half - cx) + reach))
+    bottom = int(np.ceil(max(0.0, cy - half + side - ink.shape[0]) + reach))
+    right = int(np.ceil(max(0.0, cx - half + side - ink.shape[1]) + reach))
+    padded = np.zeros((top + ink.shape[0] + bottom, left + ink.shape[1] + right), np.float32)
+    padded[top:top + ink.shape[0], left:left + ink.shape[1]] = ink
+    box = (cx + left - half, cy + top - half, cx + left - half + side, cy + top - half + side)
     resized = Image.fromarray(padded).resize((SIDE, SIDE), Image.Resampling.LANCZOS, box=box)
     out = np.clip(np.asarray(resized, dtype=np.float32), 0.0, 1.0)  # Lanczos rings past the range
     if out.max() <= 0:
@@ -68,7 +79,7 @@ def _read_image(path: str | os.PathLike) -> np.ndarray:
         raise ValueError(f"image file not found: {path}") from None
     except (UnidentifiedImageError, OSError) as e:
         raise ValueError(f"{path} is not a readable image (expected a PNG or JPEG): {e}") from None
-    return grey.astype(np.float64) / 255.0
+    return np.multiply(grey, np.float32(1 / 255), dtype=np.float32)
 
 
 def grey_on_white(img: Image.Image) -> np.ndarray:
@@ -89,19 +100,24 @@ def _as_2d(image: Any) -> np.ndarray:
         raise ValueError(f"a digit image must hold numbers, got dtype {raw.dtype}")
     if min(raw.shape) < 2:
         raise ValueError(f"a digit image must be at least 2x2 pixels, got shape {raw.shape}")
+    if raw.dtype == np.uint8:  # the common case (a PNG, MNIST): float32 is exact enough
+        return np.multiply(raw, np.float32(1 / 255), dtype=np.float32)
     a = raw.astype(np.float64)
     if not np.isfinite(a).all():
         raise ValueError("the image contains NaN or infinite values")
-    return a / 255.0 if raw.dtype == np.uint8 else a
+    return a
 
 
 def _normalized(a: np.ndarray) -> np.ndarray:
-    """Stretch the values to [0, 1]; refuse an image with (almost) no contrast."""
+    """The values stretched to [0, 1], as a new float32 array; refuse an image with (almost)
+    no contrast."""
     lo, hi = float(a.min()), float(a.max())
     # in a known range ([0, 1], or uint8 scaled to it) less than 5 % contrast is blank paper
     if hi - lo <= (0.05 if lo >= 0 and hi <= 1 else 0.0):
         raise ValueError(f"the image is blank: all values lie in [{lo:.3g}, {hi:.3g}]")
-    return (a - lo) / (hi - lo)
+    out = (a - lo).astype(np.float32, copy=False)
+    out *= np.float32(1 / (hi - lo))
+    return out
 
 
 def network_input(image: Any) -> np.ndarray:

@@ -16,6 +16,7 @@ from .data import SIDE
 from .digit_image import network_input
 from .grad_mode import no_grad
 from .nn import Dropout, Linear, Module, ReLU, Sequential, cross_entropy
+from .ops import Margin
 from .optim import SGD
 from .tensor import Tensor, grad
 
@@ -54,8 +55,8 @@ class Explanation:
     label: int | None  # the true label, if given
     target: int  # the class saliency and gradients refer to: label if given, else prediction
     loss: float  # cross-entropy against target
-    saliency: np.ndarray  # (28, 28) d log p(target) / d pixel: > 0 brighter pushes toward target
-    grad_norms: dict[str, float]  # parameter name ("layers.0.weight") -> norm of d loss / d param
+    saliency: np.ndarray  # (28, 28) d margin(target) / d pixel: > 0 brighter pushes toward target
+    grad_norms: dict[str, float]  # with a label: parameter name -> norm of d loss / d param
     after_step: AfterStep | None  # only when a label is given
 
     def to_dict(self, weight_change: bool = True) -> dict[str, Any]:
@@ -68,7 +69,9 @@ class Explanation:
 
 
 def explain(model: Module, image: Any, label: int | None = None, lr: float = 0.1) -> Explanation:
-    """Run one digit through `model` (in eval mode) and backpropagate from it.
+    """Run one digit through `model` (in eval mode) and backpropagate from it: to the pixels
+    (the saliency, for the label if given, else for the prediction), and with a label to
+    every weight (`grad_norms`, and the SGD step of `after_step`).
 
     `image` is anything `prepare_digit` takes; a 784-vector or a 28x28 float array already
     in [0, 1] is used as is. The model passed in is never changed: its weights, `.grad`s and
@@ -88,20 +91,24 @@ def explain(model: Module, image: Any, label: int | None = None, lr: float = 0.1
     digit = network_input(image)
 
     x = Tensor(digit.reshape(1, -1).astype(params[0].dtype), requires_grad=True)
-    activity, logits = _forward(layers, x)
+    activity, logits = _forward(_layers(model.frozen()), x)  # gradients flow to the pixels only
     logp = logits.log_softmax(axis=1)
     probs = np.exp(logp.data[0])
     prediction = int(probs.argmax())
     target = prediction if label is None else label
-    saliency = grad(logp[0, target], [x], retain_graph=True)[0]
+    saliency = grad(Margin.apply(logits, target=target)[0], [x])[0]
     assert saliency is not None  # the logits always depend on the input
-    loss = cross_entropy(logits, [target])
-    names = [name for name, _ in model.named_parameters()]
-    grads = grad(loss, params)
-    grad_norms = {n: float(np.linalg.norm(g.data)) if g is not None else 0.0
-                  for n, g in zip(names, grads)}
+    with no_grad():
+        loss = cross_entropy(logits, [target]).item()
+    grad_norms: dict[str, float] = {}
+    if label is not None:  # the lesson backprop takes from this digit: every weight's gradient
+        _, real = _forward(layers, Tensor(x.data))
+        named = list(model.named_parameters())
+        grads = grad(cross_entropy(real, [label]), [p for _, p in named])
+        grad_norms = {n: float(np.linalg.norm(g.data)) if g is not None else 0.0
+                      for (n, _), g in zip(named, grads)}
     return Explanation(input=digit, layers=activity, probs=probs, prediction=prediction,
-                       label=label, target=target, loss=float(loss.item()),
+                       label=label, target=target, loss=float(loss),
                        saliency=saliency.data.reshape(SIDE, SIDE), grad_norms=grad_norms,
                        after_step=None if label is None else _one_step(model, x.data, label, lr))
 

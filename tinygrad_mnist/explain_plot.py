@@ -74,8 +74,9 @@ def _explanation_figure(e: Explanation) -> Figure:
     ax.contour(e.input, levels=[0.5], colors="0.35", linewidths=0.8)
     no_ticks(ax)
     panel_text(ax, f"{len(hidden) + 3}. which pixels mattered for “{target}”",
-                f"the gradient of log p({target}) per pixel,\nby backprop. Red: more ink here\n"
-                f"makes “{target}” likelier; blue: less.\nGrey line: the digit's outline")
+               f"by backprop, per pixel: the gradient of\n“{target}”'s lead (its output minus a\n"
+               f"smooth max of the other nine). Red: more\nink here widens the lead; blue: narrows "
+               f"it.\nColours up to ±{bound:.2g}; grey: the outline")
 
     step = e.after_step
     if step is not None and e.label is not None:

@@ -70,6 +70,23 @@ class Module:
     def eval(self) -> Module:
         return self.train(False)
 
+    def frozen(self) -> Module:
+        """A copy that shares this module's weight arrays as constants (no gradient): a
+        backward through it reaches the input and computes no weight gradient. The copy is
+        shallow, so it costs nothing like a deepcopy; a later update of the weights in place
+        shows in it too."""
+        twin = object.__new__(type(self))  # a shallow copy, as copy.copy but without its cost
+        twin.__dict__.update(vars(self))
+        for name, value in vars(self).items():
+            if isinstance(value, Tensor) and value.requires_grad:
+                setattr(twin, name, value.detach())
+            elif isinstance(value, Module):
+                setattr(twin, name, value.frozen())
+            elif isinstance(value, (list, tuple)) and any(isinstance(m, Module) for m in value):
+                setattr(twin, name, type(value)(m.frozen() if isinstance(m, Module) else m
+                                                for m in value))
+        return twin
+
     def state_dict(self) -> dict[str, np.ndarray]:
         return {name: p.data.copy() for name, p in self.named_parameters()}
 

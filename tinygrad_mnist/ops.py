@@ -302,6 +302,34 @@ class CrossEntropy(Function):
         return (d,)
 
 
+class Margin(Function):
+    """How far class `target` leads the others in each row of logits: its logit minus the
+    log-sum-exp of the rest (a smooth maximum). The saliency maps show its gradient, which,
+    unlike that of log p(target), does not vanish when the answer is sure."""
+
+    def forward(ctx, logits, target):
+        z = logits.data
+        rest = np.delete(z, target, axis=1)
+        top = rest.max(axis=1, keepdims=True)
+        e = np.exp(rest - top)
+        total = e.sum(axis=1, keepdims=True)
+        share = np.insert(e / total, target, 0, axis=1)  # softmax of the rest; 0 at target
+        ctx.save(logits, target, share)
+        return z[:, target] - (np.log(total[:, 0]) + top[:, 0])
+
+    def backward(ctx, out, g):  # d/dz_target = 1, d/dz_j = -softmax(rest)_j
+        logits, target, share = ctx.saved
+        onehot, shut = np.zeros_like(share[0]), np.zeros_like(share[0])
+        onehot[target], shut[target] = 1, -np.inf  # the softmax of the rest is 0 at target
+        return g.reshape(-1, 1) * (_const(onehot) - (logits + _const(shut)).softmax(axis=1))
+
+    def fast_backward(ctx, out, g):
+        logits, target, share = ctx.saved
+        d = -share
+        d[:, target] = 1
+        return (g.reshape(-1, 1) * d,)
+
+
 def _kept_shape(shape: tuple, axes: tuple) -> tuple:
     """The shape a reduction over `axes` has with keepdims=True."""
     return tuple(1 if i in axes else n for i, n in enumerate(shape))

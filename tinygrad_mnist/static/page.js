@@ -108,6 +108,7 @@ function show(data) {
   status("");
   drawPixels($("input"), data.input, (v) => [255 * v, 255 * v, 255 * v]);
   const s = data.saliency.flat(), top = Math.max(1e-12, ...s.map(Math.abs));
+  $("saliency-scale").textContent = `±${top.toPrecision(2)}`;
   const ink = data.input.flat();
   drawPixels($("saliency"), data.saliency, (v, i) => {
     const paper = 255 - 90 * ink[i];  // the digit in light grey underneath
@@ -191,6 +192,15 @@ function showStep(data) {
   });
   $("taught-text").textContent = `You taught "${L}": the network's belief that this drawing is a ` +
     `${L} went from ${(100 * data.before[L]).toFixed(1)}% to ${(100 * data.after[L]).toFixed(1)}%.`;
+  const held = data.held_out;  // absent when the server has no MNIST to check it on
+  $("held-out").hidden = !held;
+  if (held) {
+    const change = held.after - held.before, pct = (v) => `${(100 * v).toFixed(1)}%`;
+    $("held-out").textContent = `And on ${held.digits.toLocaleString("en")} test digits it never ` +
+      `saw, accuracy went from ${pct(held.before)} to ${pct(held.after)}` +
+      (change < 0 ? ": this lesson made it worse on other digits (interference)." :
+       change > 0 ? ": this lesson helped on other digits too." : ": no change elsewhere.");
+  }
   $("taught").hidden = false;
   $("untaught").hidden = true;
 }

@@ -1,0 +1,131 @@
+"""What every page's routes share: each browser's own copy of the model, MNIST (loaded once,
+when first needed), and how many requests may run the engine at once.
+"""
+from __future__ import annotations
+
+import copy
+import os
+import secrets
+import threading
+from collections import OrderedDict
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from flask import current_app, session
+
+from .api_input import InputError
+from .data import MNIST, load_mnist
+from .nn import MLP
+
+TEACH_LR = 0.01  # one step of 0.1 on a single digit overshoots: most digits then get its label
+
+
+class Sessions:
+    """Each browser's own copy of the model, made when it first changes it (at most `limit`,
+    the least recently used dropped). Browsers that never changed theirs share the base
+    model, which is only ever read, so they need no lock; a copy has its own lock, which a
+    reader and a writer of that one copy take in turn."""
+
+    def __init__(self, base: MLP, limit: int):
+        self.base, self.limit = base, limit
+        self._copies: OrderedDict[str, tuple[MLP, threading.Lock]] = OrderedDict()
+        self._lock = threading.Lock()  # guards the dictionary, never held while computing
+
+    @contextmanager
+    def reading(self, sid: str | None) -> Iterator[MLP]:
+        """The browser's model, for as long as the block runs."""
+        with self._lock:
+            own = self._copies.get(sid or "")
+            if own is not None:
+                self._copies.move_to_end(sid or "")
+        if own is None:
+            yield self.base
+        else:
+            with own[1]:
+                yield own[0]
+
+    @contextmanager
+    def writing(self, sid: str) -> Iterator[MLP]:
+        """The browser's own copy (made now if it has none), locked for the block."""
+        with self._lock:
+            if sid not in self._copies:
+                self._copies[sid] = (copy.deepcopy(self.base), threading.Lock())
+                while len(self._copies) > self.limit:
+                    self._copies.popitem(last=False)
+            self._copies.move_to_end(sid)
+            own = self._copies[sid]
+        with own[1]:
+            yield own[0]
+
+    def replace(self, sid: str, model: MLP) -> None:
+        """Make `model` (a copy no one else holds) this browser's model."""
+        model.eval()
+        with self._lock:
+            self._copies[sid] = (model, threading.Lock())
+            self._copies.move_to_end(sid)
+            while len(self._copies) > self.limit:
+                self._copies.popitem(last=False)
+
+    def reset(self, sid: str | None) -> None:
+        with self._lock:
+            self._copies.pop(sid or "", None)
+
+    def __len__(self) -> int:
+        return len(self._copies)
+
+
+@dataclass
+class Pages:
+    """What every page's routes share, kept in `app.extensions["tinygrad_mnist"]`.
+
+    `computing` lets as many POST requests (which run the engine) be handled at once as there
+    are cores: more would only take turns for Python's interpreter lock (the GIL) and slow
+    each other down. The other worker threads stay free for pages, files and event streams."""
+
+    sessions: Sessions
+    lr: float
+    data_dir: str | Path | None = None
+    computing: threading.BoundedSemaphore = field(
+        default_factory=lambda: threading.BoundedSemaphore(len(os.sched_getaffinity(0))
+                                                           if hasattr(os, "sched_getaffinity")
+                                                           else os.cpu_count() or 2))
+    _mnist: MNIST | None = field(default=None, repr=False)
+    _mnist_error: str | None = field(default=None, repr=False)
+    _mnist_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def mnist(self) -> MNIST:
+        """MNIST, loaded once, on first use, from `serve --data-dir` (else $TINYGRAD_MNIST_DATA,
+        else the user cache; never downloaded by a request); an InputError saying how to get
+        it when it is not there."""
+        with self._mnist_lock:
+            if self._mnist is None and self._mnist_error is None:
+                try:
+                    self._mnist = load_mnist(self.data_dir, download=False,
+                                             data_dir_name="--data-dir")
+                except (OSError, ValueError) as e:
+                    self._mnist_error = (f"MNIST is not available to this server ({e}); run "
+                                         f"`tinygrad-mnist train` once (it downloads it), or "
+                                         f"start it with `serve --data-dir DIR`")
+        if self._mnist is None:
+            raise InputError(self._mnist_error)
+        return self._mnist
+
+    def has_mnist(self) -> bool:
+        try:
+            self.mnist()
+        except InputError:
+            return False
+        return True
+
+
+def pages() -> Pages:
+    return current_app.extensions["tinygrad_mnist"]
+
+
+def session_id() -> str:
+    """This browser's id, in Flask's signed session cookie (made on first need)."""
+    if "id" not in session:
+        session["id"] = secrets.token_hex(16)
+    return session["id"]
