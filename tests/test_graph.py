@@ -394,3 +394,14 @@ def test_dot_source_is_the_same_in_every_process():
                               env={**os.environ, "PYTHONHASHSEED": str(seed)}).stdout
                for seed in (1, 2, 3)}
     assert len(sources) == 1 and "cluster_" in sources.pop()
+
+
+def test_two_layers_with_the_same_label_are_two_boxes():
+    """784-..-3-3-3-..: Linear(3→3) twice. Each module call opens its own scope, so the
+    picture has a box per layer, not one box holding both."""
+    from tinygrad_mnist.nn import MLP, cross_entropy
+    model = MLP([4, 3, 3, 3, 2], seed=0)
+    loss = cross_entropy(model(Tensor(np.ones((2, 4), np.float32))), [0, 1])
+    source = draw_graph(loss).source
+    assert source.count("<B>Linear(3→3)</B>") == 2 and source.count("<B>Linear(4→3)</B>") == 1
+    assert source == draw_graph(loss).source  # the same DOT source every time

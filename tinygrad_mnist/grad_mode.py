@@ -13,7 +13,7 @@ from typing import Any
 # ContextVars, not a threading.local: each thread starts from the defaults, and reading one
 # is cheaper (recording an op reads grad mode each time)
 _grad_enabled: ContextVar[bool] = ContextVar("grad_enabled", default=True)
-_scope: ContextVar[tuple[str, ...]] = ContextVar("scope", default=())
+_scope: ContextVar[tuple[Scope, ...]] = ContextVar("scope", default=())
 
 
 def is_grad_enabled() -> bool:
@@ -49,12 +49,26 @@ class no_grad(set_grad_enabled):
         super().__init__(False)
 
 
+class Scope(str):
+    """One label of a recorded op's scope: the label itself (it compares and sorts as that
+    string), and the object that opened it (`owner`: the nn.Module, for a module's call), so
+    that two layers with the same label stay two boxes, and a trace can name the module."""
+
+    owner: object
+
+    def __new__(cls, label: str, owner: object = None) -> Scope:
+        scope = super().__new__(cls, label)
+        scope.owner = owner
+        return scope
+
+
 class name_scope:
     """Label the ops recorded inside (nestable, per thread), so the graph picture can box them
-    together, e.g. every op of one Linear layer in a cluster called "Linear(784→128)"."""
+    together, e.g. every op of one Linear layer in a cluster called "Linear(784→128)".
+    `owner` (an nn.Module passes itself) tells apart two scopes with the same label."""
 
-    def __init__(self, label: str):
-        self.label = label
+    def __init__(self, label: str, owner: object = None):
+        self.label = Scope(label, owner)
 
     def __enter__(self) -> None:
         self.token = _scope.set(_scope.get() + (self.label,))

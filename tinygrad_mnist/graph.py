@@ -20,6 +20,7 @@ import numpy as np
 from .files import atomic_write
 from .nn import Module, cross_entropy
 from .tensor import Tensor
+from .trace import walk
 
 RANKDIRS = ("LR", "TB")
 FORMATS = ("svg", "png", "pdf", "gv", "dot")  # the last two are DOT source, no `dot` binary needed
@@ -42,7 +43,7 @@ class GraphvizNotFound(RuntimeError):
 def retain_grads(root: Tensor) -> None:
     """Keep the gradient of every tensor behind `root` after the next backward, so the picture
     shows how the gradient flows (leaves keep theirs anyway; intermediates' are otherwise freed)."""
-    for t in _walk(root):
+    for t in walk(root):
         if t.requires_grad:
             t.retain_grad()
 
@@ -73,7 +74,7 @@ def draw_graph(root: Tensor, path: str | os.PathLike | None = None, *, show_valu
         raise TypeError(f"draw_graph needs a Tensor, got {type(root).__name__}")
     if rankdir not in RANKDIRS:
         raise ValueError(f"rankdir must be one of {', '.join(RANKDIRS)}; got {rankdir!r}")
-    tensors = _walk(root)
+    tensors = walk(root)
     ops = [t for t in tensors if t._ctx is not None]  # one op per output tensor
     dot = graphviz.Digraph(graph_attr={"rankdir": rankdir, "nodesep": "0.25", "ranksep": "0.35",
                                        "fontname": _FONT},
@@ -118,25 +119,6 @@ def render_to(dot: graphviz.Digraph, path: str | os.PathLike) -> Path:
     return path
 
 
-def _walk(root: Tensor) -> list[Tensor]:
-    """Every tensor `root` was computed from, each after its inputs. Iterative depth-first
-    search, so any depth works; unlike backward it keeps inputs that need no gradient
-    (constants, data batches): they are part of the picture."""
-    order, visited, stack = [], set(), [(root, False)]
-    while stack:
-        t, done = stack.pop()
-        if done:
-            order.append(t)
-            continue
-        if id(t) in visited:
-            continue
-        visited.add(id(t))
-        stack.append((t, True))
-        if t._ctx is not None:
-            stack.extend((p, False) for p in reversed(t._ctx.parents) if id(p) not in visited)
-    return order
-
-
 def _too_large(n_nodes: int, ops: list[Tensor], max_nodes: int) -> str:
     counts = Counter(type(t._ctx).__name__ for t in ops).most_common()
     kinds = ", ".join(f"{n:,} {name}" for name, n in counts[:5])
@@ -151,12 +133,16 @@ def _draw(dot: graphviz.Digraph, tensors: list[Tensor], ops: list[Tensor], show_
     """Add tensor and op nodes (in their scope clusters) and the data-flow edges to `dot`."""
     tid = {id(t): f"t{i}" for i, t in enumerate(tensors)}
     oid = {id(t): f"op{i}" for i, t in enumerate(tensors) if t._ctx is not None}
-    scope_of: dict[int, tuple[str, ...]] = {}  # tensor id -> the cluster it is drawn in
-    users: dict[int, list[tuple[str, ...]]] = defaultdict(list)  # leaf id -> its ops' scopes
+    scope_of: dict[int, tuple[Any, ...]] = {}  # tensor id -> the cluster it is drawn in
+    users: dict[int, list[tuple[Any, ...]]] = defaultdict(list)  # leaf id -> its ops' scopes
+    owners: dict[int, int] = {}  # who opened a scope (a module) -> its rank of first appearance
     for t in ops:
         ctx = t._ctx
         assert ctx is not None  # `ops` holds op outputs only
-        scope = ctx.scope if group_scopes else ()
+        # a scope is its labels and who opened each (two layers with one label are two boxes),
+        # the openers ranked by first appearance, so the DOT source is the same in every run
+        scope = tuple((str(e), owners.setdefault(id(getattr(e, "owner", None)), len(owners)))
+                      for e in ctx.scope) if group_scopes else ()
         scope_of[id(t)] = scope
         for p in ctx.parents:
             if p._ctx is None:
@@ -165,7 +151,7 @@ def _draw(dot: graphviz.Digraph, tensors: list[Tensor], ops: list[Tensor], show_
         if t._ctx is None and t.requires_grad:  # a parameter joins the scope all its users share
             scope_of[id(t)] = _common_prefix(users[id(t)]) if id(t) in users else ()
 
-    bodies: dict[tuple[str, ...], list[tuple[str, str, dict]]] = defaultdict(list)
+    bodies: dict[tuple[Any, ...], list[tuple[str, str, dict]]] = defaultdict(list)
     for t in tensors:
         body = bodies[scope_of.get(id(t), ())]
         if t._ctx is not None:
@@ -174,11 +160,11 @@ def _draw(dot: graphviz.Digraph, tensors: list[Tensor], ops: list[Tensor], show_
 
     for name, label, style in bodies.pop((), []):
         dot.node(name, label, **style)
-    scopes: set[tuple[str, ...]] = set()
+    scopes: set[tuple[Any, ...]] = set()
     for s in bodies:
         scopes.update(s[:k] for k in range(1, len(s) + 1))
     clusters = {s: graphviz.Digraph(name=f"cluster_{i}", graph_attr={
-        "label": f"<<B>{_esc(s[-1])}</B>>", "labeljust": "l", "style": "rounded,filled",
+        "label": f"<<B>{_esc(s[-1][0])}</B>>", "labeljust": "l", "style": "rounded,filled",
         "color": "#9e9e9e", "fillcolor": "#f4f4f4" if len(s) % 2 else "#e6e6e6"})
         for i, s in enumerate(sorted(scopes))}
     for s, body in bodies.items():
@@ -195,7 +181,7 @@ def _draw(dot: graphviz.Digraph, tensors: list[Tensor], ops: list[Tensor], show_
         dot.edge(oid[id(t)], tid[id(t)])
 
 
-def _common_prefix(scopes: list[tuple[str, ...]]) -> tuple[str, ...]:
+def _common_prefix(scopes: list[tuple[Any, ...]]) -> tuple[Any, ...]:
     first = scopes[0]
     n = len(first)
     for s in scopes[1:]:

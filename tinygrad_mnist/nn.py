@@ -27,7 +27,7 @@ class Module:
         label = self.scope_label()
         if label is None:
             return self.forward(*args)
-        with name_scope(label):  # lets the graph picture box this module's ops together
+        with name_scope(label, owner=self):  # lets the graph picture box this module's ops
             return self.forward(*args)
 
     def scope_label(self) -> str | None:

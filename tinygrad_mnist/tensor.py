@@ -11,6 +11,7 @@ from __future__ import annotations
 import heapq
 import itertools
 from collections.abc import Callable, Sequence
+from contextvars import ContextVar
 from typing import Any
 
 import numpy as np
@@ -18,6 +19,10 @@ import numpy as np
 from .grad_mode import _grad_enabled, _scope, set_grad_enabled
 
 _recorded = itertools.count()  # numbers recorded ops in order: backward runs them newest first
+# called as watcher(output, its gradient, [(input, gradient sent to it), ...]) for each op the
+# backward walk steps through, in the walk's order (trace.py sets it); None: nothing is kept
+_watcher: ContextVar[Callable[[Tensor, Tensor, list[tuple[Tensor, Tensor]]], None] | None] = \
+    ContextVar("backward_watcher", default=None)
 
 # what an operator takes beside a Tensor (a number, list or array is lifted to a Tensor)
 Operand = Any
@@ -249,6 +254,7 @@ def _backprop(root: Tensor, seed: Any, retain_graph: bool, create_graph: bool,
     todo: list[tuple[int, Tensor]] = []
     leaves: list[Tensor] = []
     _reached(root, todo, leaves)
+    watcher = _watcher.get()  # trace.py's: sees each step as the walk takes it
     with set_grad_enabled(create_graph):
         while todo:
             t = heapq.heappop(todo)[1]
@@ -279,6 +285,7 @@ def _backprop(root: Tensor, seed: Any, retain_graph: bool, create_graph: bool,
                 raise RuntimeError(f"{type(ctx).__name__}.backward returned {len(in_grads)} "
                                    f"gradients for {len(ctx.parents)} inputs; expected one per "
                                    f"input (None where an input needs none)")
+            sent: list[tuple[Tensor, Tensor]] | None = None if watcher is None else []
             for p, given in zip(ctx.parents, in_grads):
                 if given is None or not p.requires_grad:
                     continue
@@ -290,11 +297,15 @@ def _backprop(root: Tensor, seed: Any, retain_graph: bool, create_graph: bool,
                                            f"shape {pg.shape} for an input of shape {p.shape}")
                 if pg.data.dtype != p.data.dtype:  # float32 * float64 is float64; x.grad is x's dtype
                     pg = pg.astype(p.dtype)
+                if sent is not None:
+                    sent.append((p, pg))
                 if p in grads:
                     grads[p] = grads[p] + pg
                 else:
                     grads[p] = pg
                     _reached(p, todo, leaves)
+            if watcher is not None and sent is not None:
+                watcher(t, g, sent)
             if not retain_graph:
                 ctx.saved = None
         if store:
