@@ -15,7 +15,7 @@ from typing import Protocol
 import numpy as np
 
 from tinygrad_mnist import Tensor, no_grad
-from tinygrad_mnist.augment import epoch_shifts, shift
+from tinygrad_mnist.augment import distort, epoch_moves
 from tinygrad_mnist.nn import MLP, cross_entropy
 from tinygrad_mnist.optim import SGD
 from tinygrad_mnist.seeding import epoch_order
@@ -49,16 +49,17 @@ def initial_params(sizes: list[int], seed: int) -> Params:
 
 
 def augmented_batches(x: np.ndarray, y: np.ndarray, seed: int, epoch: int, batch: int,
-                      max_shift: int, first: int = 0, stop: int | None = None
-                      ) -> list[tuple[np.ndarray, np.ndarray]]:
-    """Batches first..stop-1 of an epoch: `epoch_order` cut into batches, each image shifted by
-    `augment.epoch_shifts(seed, epoch)`. A function of its arguments alone, so every contender's
-    process builds bit-identical batches, and a slice of an epoch equals the same batches of
-    the whole epoch."""
+                      max_shift: int, first: int = 0, stop: int | None = None,
+                      augment: str = "shift") -> list[tuple[np.ndarray, np.ndarray]]:
+    """Batches first..stop-1 of an epoch: `epoch_order` cut into batches, each image distorted
+    by `augment.epoch_moves(augment, seed, epoch)`, as `train` does. A function of its
+    arguments alone, so every contender's process builds bit-identical batches, and a slice of
+    an epoch equals the same batches of the whole epoch."""
     order = epoch_order(seed, epoch, len(x))
-    shifts = epoch_shifts(seed, epoch, len(x), max_shift)
+    moves = epoch_moves(augment, seed, epoch, len(x), max_shift)
     starts = range(0, len(order), batch)[first:stop]
-    return [(shift(x[order[i:i + batch]], shifts[i:i + batch]), y[order[i:i + batch]])
+    return [(x[order[i:i + batch]] if moves is None else
+             distort(x[order[i:i + batch]], moves[i:i + batch], augment), y[order[i:i + batch]])
             for i in starts]
 
 

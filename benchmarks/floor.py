@@ -8,9 +8,9 @@ layer but the first (whose input needs no gradient) — plain `@`, results alloc
 engine's are. Everything else in the engine's step (bias adds, ReLU, softmax cross-entropy,
 the bias sums, the SGD update, temporaries and Python) is what engine ÷ floor measures.
 The two are timed in turns, --steps steps each, --rounds times (who goes first alternates);
-the ratio is the median over rounds of the per-round ratio. A third turn times the random
-shifts of one batch (`augment.shift`, what the recipe adds to every step), so the table also
-says what augmentation costs against a step (issue 10's aim: at most 10 %). The engine's step is the one
+the ratio is the median over rounds of the per-round ratio. A third turn times the recipe's
+distortions of one batch (`augment.distort`, what `train` adds to every step), so the table
+also says what augmentation costs against a step. The engine's step is the one
 `train_speed` times (plain SGD, lr 0.1), or with --recipe-sgd the default recipe's Nesterov
 momentum and weight decay. Writes floor.json and floor.md into --out.
 """
@@ -98,16 +98,16 @@ def engine_step(sizes: list[int], batch: int, recipe_sgd: bool, seed: int = 0
 
 
 def augment_batch(batch: int, seed: int = 0) -> Callable[[], None]:
-    """The recipe's ±2 px random shifts of one batch of MNIST-sized images, as a function to time."""
+    """The recipe's distortions of one batch of MNIST-sized images, as a function to time."""
     import numpy as np
 
-    from tinygrad_mnist.augment import epoch_shifts, shift
+    from tinygrad_mnist.augment import distort, epoch_moves
 
     from .time_to_accuracy import RECIPE
 
     x = np.random.default_rng(seed).random((batch, 784), dtype=np.float32)
-    shifts = epoch_shifts(seed, 0, batch, RECIPE["max_shift"])
-    return lambda: shift(x, shifts)
+    moves = epoch_moves(RECIPE["augment"], seed, 0, batch, RECIPE["max_shift"])
+    return (lambda: None) if moves is None else (lambda: distort(x, moves, RECIPE["augment"]))
 
 
 def bench_model(sizes: list[int], args: argparse.Namespace) -> dict[str, Any]:

@@ -56,7 +56,8 @@ _D = TrainConfig()
 RECIPE: dict[str, Any] = {
     "sizes": [784, *_D.hidden, 10], "batch": _D.batch_size, "lr": _D.lr, "momentum": _D.momentum,
     "nesterov": True, "weight_decay": _D.weight_decay, "schedule": _D.schedule,
-    "max_shift": _D.shift, "epochs": _D.epochs, "seed": _D.seed, "val_size": _D.val_size,
+    "max_shift": _D.shift, "augment": _D.augment, "epochs": _D.epochs, "seed": _D.seed,
+    "val_size": _D.val_size,
 }
 ACCURACIES = (0.98, 0.99)
 # engine ÷ contender, at most, at one thread (the targets): checked on the time to each
@@ -82,7 +83,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="classical momentum instead of Nesterov's")
     p.add_argument("--weight-decay", type=float, default=RECIPE["weight_decay"])
     p.add_argument("--max-shift", type=int, default=RECIPE["max_shift"],
-                   help="random shifts of up to this many pixels (0: no augmentation)")
+                   help="random shifts of up to this many pixels (0: none)")
+    p.add_argument("--augment", choices=["none", "shift", "affine", "elastic"],
+                   default=RECIPE["augment"], help="the distortions, as `train --augment`")
     p.add_argument("--seeds", type=_int_list, default=[0, 1, 2],
                    help="comma-separated; the race is run once per seed (default 0,1,2)")
     p.add_argument("--limit", type=int, default=None, help="train on the first N examples only")
@@ -243,7 +246,8 @@ def to_markdown(result: dict[str, Any]) -> str:
         (f"Recipe: MLP {'-'.join(map(str, r['sizes']))}, batch {r['batch']}, SGD "
          f"{'Nesterov ' if r['nesterov'] else ''}momentum {r['momentum']}, weight decay "
          f"{r['weight_decay']} (L2, added to the gradient), cosine learning rate from {r['lr']} "
-         f"every step, ±{r['max_shift']} px random shifts, {result['epochs']} epochs on "
+         f"every step, {r.get('augment', 'shift')} augmentation with ±{r['max_shift']} px "
+         f"shifts, {result['epochs']} epochs on "
          f"{result['train_examples']:,} training digits; one race for each of seeds {seeds}."),
         (f"Seconds are training time only (augmented batches built beforehand, identical for "
          f"all: checked by CRC32); validation on {r['val_size']:,} held-out digits after every "

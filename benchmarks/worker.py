@@ -149,8 +149,9 @@ def serve_recipe(args: argparse.Namespace, out: Any) -> None:
     init = initial_params(r["sizes"], r["seed"])
     trainer = make_trainer(args.contender, init, r["lr"], momentum=r["momentum"],
                            nesterov=r["nesterov"], weight_decay=r["weight_decay"])
+    augment = r.get("augment", "shift")  # recipes from before distortions shift only
     for xb, yb in augmented_batches(train_x, train_y, r["seed"], 0, r["batch"], r["max_shift"],
-                                    0, args.warmup_steps):
+                                    0, args.warmup_steps, augment):
         trainer.step(xb, yb)  # traces tf.function, fills caches
     trainer.load(init)
     _reply(out, ready=True, numpy=np.__version__, train_examples=len(train_x),
@@ -162,7 +163,7 @@ def serve_recipe(args: argparse.Namespace, out: Any) -> None:
             bounds = np.linspace(0, steps_per_epoch, cmd["parts"] + 1).astype(int)
             first, stop = (int(b) for b in bounds[cmd["part"]:cmd["part"] + 2])
             batches = augmented_batches(train_x, train_y, r["seed"], cmd["epoch"], r["batch"],
-                                        r["max_shift"], first, stop)
+                                        r["max_shift"], first, stop, augment)
             start = time.perf_counter()
             for step, (xb, yb) in enumerate(batches, first):
                 trainer.set_lr(schedule(cmd["epoch"] + step / steps_per_epoch))

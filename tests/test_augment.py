@@ -1,9 +1,21 @@
-"""Random shifts move every pixel exactly where a per-image reference puts it, keep shape and
-dtype, and are drawn from (seed, epoch) alone, so a resumed run repeats an uninterrupted one."""
+"""Random shifts move every pixel exactly where a per-image reference puts it; affine and elastic
+distortions sample bilinearly and go the way their captions say; all keep shape and dtype and
+are drawn from (seed, epoch) alone, so a resumed run repeats an uninterrupted one."""
 import numpy as np
 import pytest
 
-from tinygrad_mnist.augment import epoch_shifts, random_shift, random_shifts, shift
+from tinygrad_mnist.augment import (
+    KINDS,
+    distort,
+    distorts,
+    epoch_moves,
+    epoch_shifts,
+    random_shift,
+    random_shifts,
+    shift,
+    source_points,
+    warp,
+)
 
 
 def reference_shift(image: np.ndarray, dy: int, dx: int) -> np.ndarray:
@@ -98,3 +110,76 @@ def test_bad_shifts_are_refused_clearly(images):
         shift(images, np.full((40, 2), 28))
     with pytest.raises(ValueError, match=r"max_shift must be in \[0, 28\), got -1"):
         random_shift(images, np.random.default_rng(0), max_shift=-1)
+
+
+# ----------------------------------------------------------------------------- distortions
+
+
+def _neutral(n):
+    """Rows that turn, scale, slant, move and bend nothing."""
+    moves = np.zeros((n, 7))
+    moves[:, 1], moves[:, 5] = 1.0, -1
+    return moves
+
+
+def test_neutral_distortion_is_the_identity_and_whole_pixel_moves_equal_shift(images):
+    x = images[:5]
+    np.testing.assert_array_equal(distort(x, _neutral(5), "affine"), x)
+    moves = _neutral(5)
+    moves[:, 3:5] = [[1, 2], [-2, 0], [0, -1], [2, 2], [0, 0]]
+    np.testing.assert_allclose(distort(x, moves, "affine"),
+                               shift(x, moves[:, 3:5].astype(int)), atol=1e-6)
+
+
+def test_a_turn_a_slant_and_a_scale_go_the_way_their_captions_say():
+    line = np.zeros((1, 28, 28), np.float32)
+    line[0, 14, 4:24] = 1  # a horizontal stroke
+    turned = _neutral(1)
+    turned[0, 0] = np.deg2rad(12)
+    ys, xs = np.nonzero(distort(line, turned, "affine")[0] > 0.3)
+    assert ys[xs.argmax()] > ys[xs.argmin()]  # clockwise on screen: the right end goes down
+    small = _neutral(1)
+    small[0, 1] = 0.9
+    assert distort(line, small, "affine").sum() < line.sum()  # shorter stroke, less ink
+
+
+@pytest.mark.parametrize("kind", ["affine", "elastic"])
+def test_distortions_keep_shape_dtype_and_range_and_are_seeded_by_seed_and_epoch(images, kind):
+    x = images[:16]
+    moves = epoch_moves(kind, 3, 1, 16, 2)
+    out = distort(x, moves, kind)
+    assert out.shape == x.shape and out.dtype == x.dtype
+    assert out.min() >= 0 and out.max() <= 1 and not np.array_equal(out, x)
+    np.testing.assert_array_equal(moves, epoch_moves(kind, 3, 1, 16, 2))  # --resume repeats it
+    assert not np.array_equal(moves, epoch_moves(kind, 3, 2, 16, 2))
+    assert (moves[:, 5] >= 0).all() == (kind == "elastic")
+
+
+def test_bending_moves_ink_smoothly_by_about_a_pixel(images):
+    affine = epoch_moves("affine", 0, 0, 8, 2)
+    bent = affine.copy()
+    bent[:, 5] = np.arange(8)
+    (y0, x0), (y1, x1) = source_points(affine), source_points(bent)
+    d = np.hypot(y1 - y0, x1 - x0)
+    assert 0.05 < d.mean() < 2 and d.max() < 4
+    assert np.abs(np.diff(y1 - y0, axis=1)).max() < 0.5  # neighbours move alike: smooth
+
+
+def test_warp_samples_bilinearly_and_is_black_outside():
+    img = np.arange(16, dtype=np.float32).reshape(1, 4, 4)
+    img = np.pad(img, ((0, 0), (0, 24), (0, 24)))  # a 28x28 image with a 4x4 ramp in a corner
+    y, x = np.full((1, 28, 28), 1.5, np.float32), np.full((1, 28, 28), 2.25, np.float32)
+    assert warp(img, y, x)[0, 0, 0] == pytest.approx(4 * 1.5 + 2.25)  # exact on a linear ramp
+    far = warp(img, y - 100, x + 100)
+    assert not far.any()
+
+
+def test_augmentation_kinds_and_their_refusals():
+    assert KINDS == ("none", "shift", "affine", "elastic")
+    assert not distorts("none", 2) and not distorts("shift", 0) and distorts("affine", 0)
+    assert epoch_moves("none", 0, 0, 5, 2) is None and epoch_moves("shift", 0, 0, 5, 0) is None
+    np.testing.assert_array_equal(epoch_moves("shift", 0, 4, 9, 2), epoch_shifts(0, 4, 9, 2))
+    with pytest.raises(ValueError, match="augmentation must be one of none, shift, affine, elastic"):
+        epoch_moves("rotate", 0, 0, 5, 2)
+    with pytest.raises(ValueError, match=r"moves of shape \(3, 7\)"):
+        distort(np.zeros((3, 784), np.float32), np.zeros((3, 2)), "affine")

@@ -20,6 +20,13 @@ def test_a_checkpoint_from_before_augmentation_loads_as_unshifted(tmp_path):
     assert load_checkpoint(path).config.shift == 0
 
 
+def test_a_checkpoint_from_before_distortions_loads_as_shifts_only(tmp_path):
+    path = _rewrite(_checkpoint_bytes(tmp_path, TrainConfig(augment="elastic")),
+                    tmp_path / "old.npz", lambda m: m["config"].pop("augment"))
+    config = load_checkpoint(path).config
+    assert config.augment == "shift" and config.shift == 2
+
+
 @pytest.mark.parametrize("content", [b"", b"not a zip file", b"PK\x03\x04garbage"])
 def test_bad_checkpoint_file_is_a_clear_error(tmp_path, content):
     path = tmp_path / "checkpoint.npz"

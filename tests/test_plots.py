@@ -153,7 +153,7 @@ def test_augmented_rows_show_each_move_under_its_epoch(data):
         np.testing.assert_array_equal(mosaic[y:y + 28, x:x + 28],
                                       ([images] + versions)[i // 3][i % 3])
     assert "up to 2 pixels" in fig.texts[0].get_text()
-    with pytest.raises(ValueError, match="one \\(dy, dx\\) shift per digit"):
+    with pytest.raises(ValueError, match="one row of moves per digit"):
         plots._augmented_figure(images, versions, moves[:1])
 
 
@@ -292,3 +292,14 @@ def test_explanation_without_label_has_no_step_panel():
 
 def test_activation_grid_is_a_rectangle_when_it_can_be():
     assert [explain_plot._grid_columns(n) for n in (32, 512, 256, 16, 10, 31)] == [8, 32, 16, 4, 5, 6]
+
+
+def test_affine_rows_are_captioned_with_their_turn_and_size(data):
+    images = data[0][:2].reshape(-1, 28, 28)
+    moves = [np.array([[np.deg2rad(7), 1.06, 0.1, 0.5, -1, -1, 0],
+                       [np.deg2rad(-11), 0.93, 0, 0, 0, 12, 3]])]
+    fig = plots._augmented_figure(images, [images[::-1]], moves)
+    _, captions, _ = _tiles(fig)
+    assert [c[0] for c in captions] == ["", "", "↻7° ×1.06", "↺11° ×0.93 bent"]
+    assert "turns, scales, slants and moves" in fig.texts[0].get_text()
+    assert "bends it" in fig.texts[0].get_text()

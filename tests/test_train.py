@@ -82,10 +82,10 @@ def _signal_at_call(monkeypatch, n, signum=signal.SIGINT):
     monkeypatch.setattr(train_module, "cross_entropy", cross_entropy)
 
 
-@pytest.mark.parametrize("optimizer", ["sgd", "adam"])
+@pytest.mark.parametrize("optimizer, augment", [("sgd", "shift"), ("adam", "elastic")])
 def test_resume_gives_the_same_numbers_as_an_uninterrupted_run(mnist, tmp_path, monkeypatch,
-                                                               optimizer):
-    config = TrainConfig(epochs=3, optimizer=optimizer, dropout=0.1,
+                                                               optimizer, augment):
+    config = TrainConfig(epochs=3, optimizer=optimizer, dropout=0.1, augment=augment,
                          **{**SMALL, "lr": 0.05 if optimizer == "sgd" else 1e-3})
     train(config, tmp_path / "straight", data=mnist, progress=False, log=quiet)
     with monkeypatch.context() as m:

@@ -182,6 +182,7 @@ def _check_meta(meta: Any) -> dict[str, Any]:
     config = meta.get("config")
     if isinstance(config, dict):
         config.setdefault("shift", 0)  # checkpoints from before augmentation trained without it
+        config.setdefault("augment", "shift")  # ... and from before distortions, with shifts only
     fields = {f.name for f in dataclasses.fields(TrainConfig)}
     if not isinstance(config, dict) or set(config) != fields:
         raise ValueError(f"metadata 'config' must be an object with the keys {sorted(fields)}")

@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from .augment import KINDS
 from .data import N_TRAIN
 from .nn import MLP, Module
 from .optim import SGD, Adam, CosineLR, Optimizer, StepLR
@@ -96,6 +97,10 @@ class TrainConfig:
     shift: int = _setting(2, integer(0, MAX_SHIFT, "move each training digit by a random 0 "
                                                     "to SHIFT pixels each way, anew every epoch "
                                                     "(augmentation; 0 turns it off)"))
+    augment: str = _setting("shift", choice(*KINDS, help="how else each training digit is "
+                                                         "distorted every epoch: shift only, "
+                                                         "affine (also turned, scaled and "
+                                                         "slanted), elastic (also bent), none"))
 
     def __post_init__(self) -> None:
         # plain Python numbers (not NumPy scalars), so that the config is JSON in checkpoints

@@ -53,33 +53,47 @@ def plot_digits(images: np.ndarray, labels: np.ndarray, path: str | os.PathLike,
     return save_figure(_digits_figure(images, labels, title, ncols), path)
 
 
-def plot_augmented(images: np.ndarray, versions: list[np.ndarray], shifts: list[np.ndarray],
+def plot_augmented(images: np.ndarray, versions: list[np.ndarray], moves: list[np.ndarray],
                    path: str | os.PathLike) -> Path:
-    """Training digits (top row) and the shifted copies the network sees in later epochs (one row
-    per epoch, each titled with its move): augmentation made visible."""
-    return save_figure(_augmented_figure(images, versions, shifts), path)
+    """Training digits (top row) and the distorted copies the network sees in later epochs (one
+    row per epoch, each titled with its distortion): augmentation made visible. `moves` are
+    the rows of `augment.epoch_moves` that made each version: (dy, dx) shifts, or affine /
+    elastic rows (turn, scale, shear, dy, dx, field, variant)."""
+    return save_figure(_augmented_figure(images, versions, moves), path)
 
 
 def _augmented_figure(images: np.ndarray, versions: list[np.ndarray],
-                      shifts: list[np.ndarray]) -> Figure:
+                      moves: list[np.ndarray]) -> Figure:
     rows = [_check_images(images)] + [_check_images(v) for v in versions]
-    if any(r.shape != rows[0].shape for r in rows) or len(shifts) != len(versions) or any(
-            np.shape(s) != (len(rows[0]), 2) for s in shifts):
+    width = {np.shape(m)[-1] for m in moves} if moves else {2}
+    if any(r.shape != rows[0].shape for r in rows) or len(moves) != len(versions) or \
+            len(width) != 1 or width - {2, 7} or any(len(m) != len(rows[0]) for m in moves):
         raise ValueError(f"every version must have the originals' shape {rows[0].shape} and "
-                         f"one (dy, dx) shift per digit")
-    captions = [""] * len(rows[0])
-    for moves in shifts:
-        for dy, dx in (tuple(int(v) for v in m) for m in moves):
-            parts = [f"{'↓' if dy > 0 else '↑'}{abs(dy)}" if dy else "",
-                     f"{'→' if dx > 0 else '←'}{abs(dx)}" if dx else ""]
-            captions.append(" ".join(p for p in parts if p) or "not moved")
-    max_shift = max((int(np.abs(s).max()) for s in shifts), default=0)
-    title = (f"What the network trains on: every epoch moves each training digit by up to "
-             f"{max_shift} pixel{'s' * (max_shift != 1)} (arrows: pixels down/up, right/left)\n"
+                         f"one row of moves per digit: a (dy, dx) shift, or 7 affine numbers")
+    captions = [""] * len(rows[0]) + [_move_caption(m) for epoch in moves for m in epoch]
+    if width == {2}:
+        most = max((int(np.abs(m).max()) for m in moves), default=0)
+        what = (f"moves each training digit by up to {most} pixel{'s' * (most != 1)} "
+                f"(arrows: pixels down/up, right/left)")
+    else:
+        bent = any(m[5] >= 0 for epoch in moves for m in epoch)
+        what = ("turns, scales, slants and moves each training digit a little"
+                + (", and bends it" if bent else "") + " (↻/↺ turn, × size)")
+    title = (f"What the network trains on: every epoch {what}\n"
              f"new pictures, same labels, so it cannot just memorise them")
     return _tiles_figure(np.concatenate(rows), captions, len(rows[0]), title, size=1.0,
                          row_labels=["original"] + [f"epoch {r}" for r in range(1, len(rows))],
                          centre_lines=True)
+
+
+def _move_caption(move: np.ndarray) -> str:
+    if len(move) == 2:
+        dy, dx = (int(v) for v in move)
+        parts = [f"{'↓' if dy > 0 else '↑'}{abs(dy)}" if dy else "",
+                 f"{'→' if dx > 0 else '←'}{abs(dx)}" if dx else ""]
+        return " ".join(p for p in parts if p) or "not moved"
+    turn = float(np.degrees(move[0]))
+    return f"{'↻' if turn >= 0 else '↺'}{abs(turn):.0f}° ×{move[1]:.2f}" + (" bent" if move[5] >= 0 else "")
 
 
 def plot_predictions(images: np.ndarray, labels: np.ndarray, preds: np.ndarray,

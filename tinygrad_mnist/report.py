@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from . import plots
-from .augment import epoch_shifts, shift
+from .augment import distort, distorts, epoch_moves
 from .checkpoint import Checkpoint, load_checkpoint
 from .config import TrainConfig
 from .data import MNIST, load_mnist
@@ -46,14 +46,17 @@ def draw_pictures(model: Module, data: MNIST, history: list[dict], directory: Pa
     preds = probs.argmax(axis=1)
     mistake = first_mistake(preds, data.test_y)  # where learning happens; else the first digit
     pictures = {"digits": plots.plot_digits(data.train_x[:16], data.train_y[:16], names["digits"])}
-    if config.shift:
-        examples, n = data.train_x[:8], len(data.train_x[:config.train_limit])
-        moves = []
-        for epoch in range(min(3, config.epochs)):  # the very shifts these digits got in training
+    n = len(data.train_x[:config.train_limit])
+    if distorts(config.augment, config.shift):
+        examples, moves = data.train_x[:8], []
+        for epoch in range(min(3, config.epochs)):  # the very distortions these digits got
             position = np.argsort(epoch_order(config.seed, epoch, n))[:8]
-            moves.append(epoch_shifts(config.seed, epoch, n, config.shift)[position])
+            epoch_rows = epoch_moves(config.augment, config.seed, epoch, n, config.shift)
+            assert epoch_rows is not None
+            moves.append(epoch_rows[position])
         pictures["augmented"] = plots.plot_augmented(
-            examples, [shift(examples, m) for m in moves], moves, names["augmented"])
+            examples, [distort(examples, m, config.augment) for m in moves], moves,
+            names["augmented"])
     why = explain(model, data.test_x[mistake], label=int(data.test_y[mistake]))
     return {**pictures,
             "curves": plots.plot_learning_curves(history, names["curves"]),

@@ -2,7 +2,7 @@
 
 The data path is one walk per step: a batch of digits -> model -> cross-entropy loss ->
 backward -> optimizer step. Around it, each epoch is validated, checkpointed and written to
-the metrics files (run_dir.py says which files and when). Shuffling, dropout and shifts draw
+the metrics files (run_dir.py says which files and when). Shuffling, dropout and distortions draw
 from streams seeded by (seed, epoch) (seeding.py), so a resumed run repeats an uninterrupted
 one number for number. Training draws nothing: pictures and the report are made from what
 `train` returns (report.py).
@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from .augment import epoch_shifts, shift
+from .augment import distort, epoch_moves
 from .checkpoint import EpochState, save_checkpoint
 from .config import TrainConfig, build_model, build_optimizer, check_model_size, lr_schedule
 from .data import MNIST, load_mnist
@@ -209,7 +209,7 @@ def _train_epoch(model: Module, optimizer: Optimizer, config: TrainConfig, epoch
     for m in dropouts:
         m.rng = dropout_rng(config.seed, epoch)
     order = epoch_order(config.seed, epoch, len(x))
-    shifts = epoch_shifts(config.seed, epoch, len(x), config.shift) if config.shift else None
+    moves = epoch_moves(config.augment, config.seed, epoch, len(x), config.shift)
     batches = range(0, len(x), config.batch_size)
     first, loss_sum, correct, seen, before = 0, 0.0, 0, 0, 0.0
     if resume_at is not None:
@@ -229,7 +229,8 @@ def _train_epoch(model: Module, optimizer: Optimizer, config: TrainConfig, epoch
     for step, i in enumerate(bar if bar is not None else batches[first:], start=first):
         idx = order[i:i + config.batch_size]
         optimizer.lr = schedule(epoch + step / len(batches))
-        batch = x[idx] if shifts is None else shift(x[idx], shifts[i:i + config.batch_size])
+        batch = x[idx] if moves is None else distort(x[idx], moves[i:i + config.batch_size],
+                                                     config.augment)
         logits = model(Tensor(batch))
         loss = cross_entropy(logits, y[idx])
         value = loss.item()
