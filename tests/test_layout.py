@@ -14,8 +14,10 @@ MODULES = {p.stem: p for p in PACKAGE.glob("*.py")}
 MAX_LINES, MAX_TRAIN_LINES = 450, 350
 # the modules that present: they may draw, render pages and serve; nothing below them may
 # import what only they use
-PRESENTING = {"cli", "__main__", "server", "report", "plots", "explain_plot", "draw_page"}
-PRESENTATION = {"report", "plots", "explain_plot", "explain", "server", "draw_page"}
+PRESENTING = {"cli", "__main__", "server", "report", "plots", "explain_plot", "draw_page",
+              "graph_page", "train_page"}
+PRESENTATION = {"report", "plots", "explain_plot", "explain", "server", "draw_page", "graph_page",
+                "train_page"}
 
 
 def imports(module: str) -> set[str]:

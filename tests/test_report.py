@@ -1,6 +1,7 @@
 """The run's report page: built by the train command, rebuilt by `tinygrad-mnist report`, checked
 in Chromium."""
 import html
+import json
 import os
 import re
 import subprocess
@@ -10,8 +11,12 @@ import numpy as np
 import pytest
 
 from tinygrad_mnist import Tensor, ops, report
+from tinygrad_mnist.checkpoint import load_checkpoint
+from tinygrad_mnist.data import load_mnist
+from tinygrad_mnist.explorer import explore_digit
 from tinygrad_mnist.gradcheck import check_parameters
 from tinygrad_mnist.nn import MLP, cross_entropy
+from tinygrad_mnist.predict import first_mistake, predict_proba
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
@@ -33,11 +38,14 @@ def page(run) -> str:
 
 
 def test_page_is_self_contained(page, dot_binary):
-    assert "<script" not in page.lower() and "<link" not in page.lower()
+    # its only scripts are the graph explorer's, inline: its data (JSON) and its code
+    scripts = re.findall(r"<script[^>]*>", page.lower())
+    assert scripts == ['<script type="application/json" id="explorer-data">', "<script>"]
+    assert "<link" not in page.lower() and len(page.encode()) <= 5_000_000
     assert not re.search(r"""(src|href)\s*=\s*["']?(https?:)?//""", page)  # nothing fetched
     sources = re.findall(r"<img[^>]*\ssrc=\"([^\"]*)\"", page)
     assert len(sources) == 8 and all(s.startswith("data:image/png;base64,") for s in sources)
-    assert "randomly shifted copies" in page  # the run trained with augmentation (shift 2)
+    assert "randomly distorted copies" in page and "moved each training digit by up to" in page
     assert page.count("<svg") == 1 and "Affine" in page and "CrossEntropy" in page
 
 
@@ -135,6 +143,50 @@ def test_page_in_a_real_browser(run, browser, tmp_path):
     shot = tmp_path / "report.png"
     assert browser.save_screenshot(str(shot)) and shot.read_bytes().startswith(PNG)
     browser.set_window_size(1280, 1000)
+
+
+def embedded(page: str) -> dict:
+    return json.loads(re.search(r'<script type="application/json" id="explorer-data">(.*?)</script>',
+                                page, re.DOTALL).group(1))
+
+
+def test_the_explorer_holds_the_engines_trace_of_the_first_mistake(run, page, mnist_dir):
+    ckpt = load_checkpoint(run / "checkpoint.npz")
+    data = load_mnist(mnist_dir, val_size=ckpt.config.val_size, seed=ckpt.config.seed)
+    mistake = first_mistake(predict_proba(ckpt.model, data.test_x).argmax(axis=1), data.test_y)
+    expected = explore_digit(ckpt.model, data.test_x[mistake], int(data.test_y[mistake]))
+    shown = embedded(page)
+    assert shown["label"] == int(data.test_y[mistake]) and np.float32(shown["loss"]) == expected["loss"]
+    assert shown["svg"] == expected["svg"] and "<svg" not in page.split('id="explorer-data">')[1]
+    for n, e in zip(shown["nodes"], expected["nodes"], strict=True):
+        assert n["grad_norm"] == e["grad_norm"]
+        if "grads" in e:
+            np.testing.assert_array_equal(np.float32(n["grads"]), e["grads"])
+    assert shown["update"]["loss_after"] < shown["update"]["loss_before"]
+
+
+def test_the_explorer_works_from_file_with_no_console_errors(run, page, browser):
+    from selenium.webdriver.common.by import By
+    browser.get_log("browser")
+    browser.set_window_size(1280, 1000)
+    browser.get((run / "report.html").as_uri())
+    data = embedded(page)
+    nodes = browser.find_elements(By.CSS_SELECTOR, "#backprop #graph g.node[data-node]")
+    assert len(nodes) == len(data["nodes"]) and browser.find_element(By.ID, "explorer").get_attribute(
+        "data-ready") == "1"
+    button, steps = browser.find_element(By.ID, "step-backward"), 0
+    while button.is_enabled():
+        button.click()
+        node = data["nodes"][data["backward_steps"][steps]["node"]]
+        field = browser.find_element(By.CSS_SELECTOR, "#node-detail [data-field=grad]")
+        exact = node["grad"] if node["grad"] is not None else node["grad_norm"]
+        assert float(field.get_attribute("data-exact")) == exact
+        steps += 1
+    assert steps == len(data["backward_steps"])
+    browser.find_element(By.ID, "update").click()
+    assert "the loss went from" in browser.find_element(By.ID, "update-result").text
+    assert not browser.find_element(By.ID, "update").is_enabled()
+    assert [e for e in browser.get_log("browser") if e["level"] == "SEVERE"] == []
 
 
 @pytest.mark.parametrize("command", ["explain", "report"])

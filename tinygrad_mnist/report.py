@@ -3,26 +3,31 @@
 The page is rebuilt from the run directory alone (the checkpoint holds the weights, the
 settings and the per-epoch metrics) plus MNIST; `draw_pictures` makes the run's PNGs, which
 the page embeds. Pictures are PNGs embedded as data URIs and
-the computation graph is inline SVG, so the file works offline, mailed or archived, with no
-scripts at all. The numbers are computed here; the page layout is the Jinja2 template
-`templates/report.html.j2`.
+the computation graph is inline SVG, so the file works offline, mailed or archived. Its one
+script is the graph explorer's (static/graph.js, inlined with its data as JSON): it steps
+through backprop on the run's first test mistake from file://, with no server. The numbers
+are computed here; the page layout is the Jinja2 template `templates/report.html.j2`.
 """
 from __future__ import annotations
 
 import base64
 import os
 import tempfile
+from importlib.resources import files
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+import orjson
 
 from . import plots
 from .augment import distort, distorts, epoch_moves
 from .checkpoint import Checkpoint, load_checkpoint
 from .config import TrainConfig
 from .data import MNIST, load_mnist
-from .explain import explain
+from .explain import Explanation, explain
 from .explain_plot import plot_explanation
+from .explorer import explore_digit
 from .files import atomic_write
 from .gradcheck import check_parameters
 from .graph import GraphvizNotFound, draw_graph, loss_graph, render_to
@@ -34,7 +39,7 @@ from .tensor import Tensor
 
 REPORT = "report.html"
 SECTIONS = ("data", "model", "curves", "predictions", "confusion", "mistakes", "explanation",
-            "weights", "gradcheck")  # the page's section ids, in reading order
+            "backprop", "weights", "gradcheck")  # the page's section ids, in reading order
 
 
 def draw_pictures(model: Module, data: MNIST, history: list[dict], directory: Path,
@@ -116,7 +121,36 @@ def render_report(ckpt: Checkpoint, data: MNIST, pictures: dict[str, Path],
         n_test=len(data.test_x), test_acc=float((preds == data.test_y).mean()),
         n_wrong=len(wrong), pictures=embedded, graph_svg=_graph_svg(model, data),
         mistake=mistake, why=why, check=check,
-        worst_error=max(row.relative_error for row in check), sections=SECTIONS)
+        worst_error=max(row.relative_error for row in check), sections=SECTIONS,
+        explorer_json=_script_json(_explorer(model, data.test_x[mistake], why)),
+        explorer_js=_static("graph.js", "</script"), explorer_css=_static("graph.css", "</style"))
+
+
+def _explorer(model: Module, digit: np.ndarray, why: Explanation) -> dict[str, Any]:
+    """The graph explorer's data for the digit `why` explains (against its label), with the
+    SGD step `explain` took on a copy of the model as what Update shows."""
+    assert why.label is not None and why.after_step is not None  # explained with its label
+    data = explore_digit(model, digit, why.label)
+    step = why.after_step
+    data.update(label_source="true", update={
+        "lr": step.lr, "label": why.label, "loss_before": step.loss_before,
+        "loss_after": step.loss_after, "probs_before": why.probs, "probs_after": step.probs})
+    return data
+
+
+def _script_json(data: dict[str, Any]) -> str:
+    """JSON to place inside a <script> element: `<`, `>` and `&` escaped, so no string in it
+    (the SVG's markup, say) can close the element."""
+    text = orjson.dumps(data, option=orjson.OPT_SERIALIZE_NUMPY).decode("utf-8")
+    return text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
+
+
+def _static(name: str, closing: str) -> str:
+    """A file of the package's static folder, to inline; it must not contain `closing`."""
+    text = (files("tinygrad_mnist") / "static" / name).read_text(encoding="utf-8")
+    if closing in text.lower():
+        raise ValueError(f"static/{name} contains {closing!r}, which would end its inline element")
+    return text
 
 
 def _graph_svg(model: Module, data: MNIST, batch: int = 2) -> str:

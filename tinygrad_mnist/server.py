@@ -37,8 +37,10 @@ from werkzeug.exceptions import ClientDisconnected, HTTPException, RequestEntity
 from .api_input import InputError
 from .checkpoint import load_checkpoint
 from .draw_page import draw_page
+from .graph_page import graph_page
 from .nn import MLP
 from .sessions import TEACH_LR, Pages, Sessions
+from .train_page import train_page
 
 MAX_BODY = 1 << 20  # bytes of one request
 MAX_HEADER = 16 << 10  # bytes of one request's line and headers (a URL too long is refused)
@@ -86,7 +88,8 @@ def create_app(model: MLP, lr: float = TEACH_LR, max_sessions: int = 32,
                       SESSION_COOKIE_SAMESITE="Strict", TRUSTED_HOSTS=hosts)
     model.eval()
     app.extensions["tinygrad_mnist"] = Pages(Sessions(model, max_sessions), lr, data_dir)
-    app.register_blueprint(draw_page)
+    for page in (draw_page, graph_page, train_page):
+        app.register_blueprint(page)
     app.wsgi_app = _one_per_core(app.wsgi_app, app.extensions["tinygrad_mnist"].computing)  # type: ignore[method-assign]
     app.before_request(_refuse_cross_site)
     app.after_request(_security_headers)
