@@ -150,3 +150,18 @@ def test_screenshot_of_a_drawn_and_taught_digit(page, tmp_path):
     finally:
         page.set_window_size(size["width"], size["height"])
     assert out.read_bytes().startswith(b"\x89PNG")
+
+
+def test_a_drawing_goes_along_to_the_graph_explorer(page, page_url):
+    """"Step through backprop" opens the explorer on this very drawing, labelled with the
+    network's own answer (no true label for a drawing)."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+    draw(page, vertical_stroke())
+    answer = shown_prediction(page)
+    page.find_element(By.ID, "to-graph").click()
+    WebDriverWait(page, 20).until(
+        lambda b: b.find_element(By.ID, "explorer").get_attribute("data-source") == "digit")
+    outcome = page.find_element(By.ID, "outcome-body").text
+    assert f"The network says {answer}" in outcome and "the network's own answer" in outcome
+    page.get(page_url)  # back to the draw page for the next test

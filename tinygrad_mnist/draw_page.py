@@ -26,7 +26,9 @@ draw_page = Blueprint("draw_page", __name__)
 @draw_page.get("/")
 def page() -> str:
     state = pages()
-    return render_template("page.html", sizes=state.sessions.base.sizes, lr=state.lr,
+    with state.sessions.reading(session.get("id")) as model:  # the used model, after /train
+        sizes = model.sizes
+    return render_template("page.html", sizes=sizes, lr=state.lr,
                            held_out=HELD_OUT if state.has_mnist() else 0)
 
 

@@ -138,6 +138,9 @@ function drawPixels(target, rows, color) {
 function drawLayers(layers) {
   const box = $("layers");
   box.replaceChildren();
+  if (!layers.length) {
+    box.textContent = "(this network has no hidden layer: the pixels go straight to the outputs)";
+  }
   layers.forEach((values, i) => {
     const cols = Math.ceil(Math.sqrt(values.length * 2)), rows = Math.ceil(values.length / cols);
     const top = Math.max(1e-12, ...values);
@@ -218,7 +221,14 @@ function wrap(child) {
 }
 
 $("clear").addEventListener("click", () => {
-  clearCanvas();
+  // the graph explorer (/graph) shows this drawing when it is opened from here, in this tab
+$("to-graph").addEventListener("click", () => {
+  try {
+    if (inked) sessionStorage.setItem("tinygrad_mnist.drawing", canvas.toDataURL("image/png"));
+    else sessionStorage.removeItem("tinygrad_mnist.drawing");
+  } catch (error) { /* storage turned off: the explorer opens on a test digit */ }
+});
+clearCanvas();
   ++asked;
   busy(false);
   $("prediction").textContent = "?";
@@ -249,5 +259,12 @@ $("reset").addEventListener("click", async () => {
     if (inked) await predict(); else busy(false);
   }
   status("Back to the trained network: what you taught here is forgotten.");
+});
+// the graph explorer (/graph) shows this drawing when it is opened from here, in this tab
+$("to-graph").addEventListener("click", () => {
+  try {
+    if (inked) sessionStorage.setItem("tinygrad_mnist.drawing", canvas.toDataURL("image/png"));
+    else sessionStorage.removeItem("tinygrad_mnist.drawing");
+  } catch (error) { /* storage turned off: the explorer opens on a test digit */ }
 });
 clearCanvas();
