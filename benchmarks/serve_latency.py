@@ -151,9 +151,24 @@ def measure(port: int, body: bytes, requests: int, concurrency: int) -> dict[str
 
 
 def rss_mb(pid: int) -> float:
-    with open(f"/proc/{pid}/status") as f:
-        kb = next(int(line.split()[1]) for line in f if line.startswith("VmRSS:"))
-    return kb / 1024
+    """Resident memory of the server and its worker processes, MB."""
+    pids = [pid] + [int(d) for d in os.listdir("/proc") if d.isdigit() and _parent(int(d)) == pid]
+    total = 0
+    for p in pids:
+        try:
+            with open(f"/proc/{p}/status") as f:
+                total += next(int(line.split()[1]) for line in f if line.startswith("VmRSS:"))
+        except (OSError, StopIteration):  # gone meanwhile
+            pass
+    return total / 1024
+
+
+def _parent(pid: int) -> int:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return int(f.read().rsplit(")", 1)[1].split()[1])
+    except (OSError, IndexError, ValueError):
+        return -1
 
 
 def soak(port: int, pid: int, kind: str, seconds: float, sessions: int) -> dict[str, Any]:
@@ -192,7 +207,8 @@ def report(result: dict[str, Any]) -> str:
     lines = [f"# The pages' server under load ({result['payload']} payload)", "",
              f"Measured {result['date']} with `{result['command']}`.", "",
              (f"{result['model']} served by `tinygrad-mnist serve` (waitress, "
-              f"{result['server_threads']} worker threads) on {result['machine']}, "
+              f"{result['server_threads']} threads, and a worker process per core) on "
+              f"{result['machine']}, "
               f"{result['threads']} BLAS thread(s) in the server; clients on the same machine, "
               f"each on its own keep-alive connection. POST /api/predict:"), "",
              "| concurrency | requests | errors | p50 ms | p99 ms | mean ms | req/s |",
@@ -205,7 +221,7 @@ def report(result: dict[str, Any]) -> str:
     if s:
         lines += ["", (f"Soak: {s['sessions']} browsers drawing and teaching at once for "
                        f"{s['seconds']:g} s: {s['predict']:,} predictions and {s['teach']:,} "
-                       f"teaches, {s['errors']} errors; server RSS "
+                       f"teaches, {s['errors']} errors; RSS of the server and its workers "
                        f"{' / '.join(f'{m:.0f}' for m in s['rss_mb'])} MB after the warm-up, "
                        f"in the middle and at the end.")]
     return "\n".join(lines) + "\n"

@@ -15,7 +15,7 @@ MAX_LINES, MAX_TRAIN_LINES = 450, 350
 # the modules that present: they may draw, render pages and serve; nothing below them may
 # import what only they use
 PRESENTING = {"cli", "__main__", "server", "report", "plots", "explain_plot", "draw_page",
-              "graph_page", "train_page"}
+              "graph_page", "train_page", "workers"}
 PRESENTATION = {"report", "plots", "explain_plot", "explain", "server", "draw_page", "graph_page",
                 "train_page"}
 

@@ -263,3 +263,36 @@ def test_error_replies_from_urllib_are_json(real_server):
         assert e.code == 415 and "application/json" in json.load(e)["error"]
     else:
         pytest.fail("a text/plain POST was accepted")
+
+
+# ----------------------------------------------------------------------------- worker processes
+
+def test_worker_processes_answer_as_the_server_would_and_survive_a_lost_worker(tmp_path):
+    """`serve` answers the served model's predictions in worker processes (one per core) when
+    requests come together: the same bytes as the server's own answer, the same clear error
+    for a bad request; a worker that dies is not asked again."""
+    from tinygrad_mnist.api_input import InputError
+    from tinygrad_mnist.checkpoint import save_checkpoint
+    from tinygrad_mnist.config import TrainConfig, build_model, build_optimizer
+    from tinygrad_mnist.workers import WorkerFailed, Workers, answer
+    config = TrainConfig(hidden=(16,))
+    model = build_model(config)
+    save_checkpoint(tmp_path / "c.npz", model, build_optimizer(config, model), config, 0, [])
+    workers = Workers(tmp_path / "c.npz", 2)
+    try:
+        body = json.dumps({"pixels": PIXELS}).encode()
+        assert workers.ask_a_worker(body) == workers.predict(body) == answer(model.eval(), body)
+        with pytest.raises(InputError, match='"pixels" must be 28 rows'):
+            workers.ask_a_worker(b'{"pixels": 3}')
+        app = create_app(model, workers=workers)
+        r = app.test_client().post("/api/predict", data=body, content_type="application/json")
+        assert r.status_code == 200 and r.data == answer(model, body)
+        process = workers._all[0][0]
+        process.kill()
+        process.join()
+        with pytest.raises(WorkerFailed, match="is gone"):
+            for _ in range(2):  # one of the two asks reaches the dead one
+                workers.ask_a_worker(body)
+        assert workers.alive() == 1 and workers.ask_a_worker(body) == answer(model, body)
+    finally:
+        workers.close()

@@ -31,7 +31,11 @@ class InputError(Exception):
 
 def json_body() -> dict[str, Any]:
     """The request's JSON object, or an InputError that says what is wrong with it."""
-    raw = request.get_data(cache=False)
+    return parse_json_object(request.get_data(cache=False))
+
+
+def parse_json_object(raw: bytes) -> dict[str, Any]:
+    """A request body as a JSON object, or an InputError that says what is wrong with it."""
     example = ('e.g. {"pixels": [[...28 numbers...], ...28 rows...]} or '
                '{"image": "data:image/png;base64,..."}')
     try:

@@ -10,13 +10,14 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-from flask import Blueprint, Response, jsonify, render_template, session
+from flask import Blueprint, Response, jsonify, render_template, request, session
 
 from .api_input import InputError, digit_from, floats, json_body, label_from
-from .explain import Explanation, explain, sgd_step
+from .explain import explain, sgd_step
 from .nn import MLP
 from .predict import predict_proba
 from .sessions import pages, session_id
+from .workers import prediction_reply
 
 HELD_OUT = 1000  # test digits a teach is checked on: the last ones, which no page shows
 
@@ -34,10 +35,14 @@ def page() -> str:
 
 @draw_page.post("/api/predict")
 def predict() -> Response:
+    state, sid = pages(), session.get("id")
+    if state.workers is not None and not state.sessions.has_own(sid):  # the served model
+        return Response(state.workers.predict(request.get_data(cache=False)),
+                        mimetype="application/json")
     digit = digit_from(json_body())
-    with pages().sessions.reading(session.get("id")) as model:
+    with state.sessions.reading(sid) as model:
         e = explain(model, digit)
-    return jsonify(explanation_json(e))
+    return jsonify(prediction_reply(e))
 
 
 @draw_page.post("/api/teach")
@@ -52,7 +57,7 @@ def teach() -> Response:
         after = explain(taught, digit)
         held_after = _held_out_accuracy(taught)
     reply: dict[str, Any] = {"label": label, "lr": state.lr, "before": floats(before.probs, 6),
-                             "after": floats(after.probs, 6), "explanation": explanation_json(after)}
+                             "after": floats(after.probs, 6), "explanation": prediction_reply(after)}
     if held_before is not None:
         reply["held_out"] = {"digits": HELD_OUT, "before": held_before, "after": held_after}
     return jsonify(reply)
@@ -63,12 +68,6 @@ def reset() -> Response:
     json_body()
     pages().sessions.reset(session.get("id"))
     return jsonify({"reset": True})
-
-
-def explanation_json(e: Explanation) -> dict[str, Any]:
-    return {"input": floats(e.input), "probs": floats(e.probs, 6), "prediction": int(e.prediction),
-            "activations": [floats(layer.post) for layer in e.layers[:-1]],
-            "saliency": floats(e.saliency, 6)}
 
 
 def _held_out_accuracy(model: MLP) -> float | None:

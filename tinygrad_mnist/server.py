@@ -39,8 +39,9 @@ from .checkpoint import load_checkpoint
 from .draw_page import draw_page
 from .graph_page import graph_page
 from .nn import MLP
-from .sessions import TEACH_LR, Pages, Sessions
+from .sessions import TEACH_LR, Pages, Sessions, cores
 from .train_page import train_page
+from .workers import Workers
 
 MAX_BODY = 1 << 20  # bytes of one request
 MAX_HEADER = 16 << 10  # bytes of one request's line and headers (a URL too long is refused)
@@ -75,10 +76,13 @@ class FastJSON(DefaultJSONProvider):
 
 
 def create_app(model: MLP, lr: float = TEACH_LR, max_sessions: int = 32,
-               allowed_hosts: tuple[str, ...] = (), data_dir: str | Path | None = None) -> Flask:
+               allowed_hosts: tuple[str, ...] = (), data_dir: str | Path | None = None,
+               workers: Workers | None = None) -> Flask:
     """The app serving the pages for `model` (put in eval mode; its weights are never
     changed); `lr` is the step size of one teach. It answers to localhost, 127.0.0.1 and
-    [::1] and to the `allowed_hosts` names (`serve --host` and `--allow-host`)."""
+    [::1] and to the `allowed_hosts` names (`serve --host` and `--allow-host`). `workers`,
+    processes serving the same model, answer the draw page's predictions (`serve` starts one
+    per core; without them the request's own thread does)."""
     if not (isinstance(lr, (int, float)) and lr > 0) or max_sessions < 1:
         raise ValueError(f"need lr > 0 and max_sessions >= 1, got lr={lr}, max_sessions={max_sessions}")
     app = Flask(__name__)
@@ -87,7 +91,10 @@ def create_app(model: MLP, lr: float = TEACH_LR, max_sessions: int = 32,
     app.config.update(MAX_CONTENT_LENGTH=MAX_BODY, SECRET_KEY=secrets.token_bytes(32),
                       SESSION_COOKIE_SAMESITE="Strict", TRUSTED_HOSTS=hosts)
     model.eval()
-    app.extensions["tinygrad_mnist"] = Pages(Sessions(model, max_sessions), lr, data_dir)
+    # one request computing per core; with workers, twice that, so each has the next waiting
+    lanes = cores() * (2 if workers is not None else 1)
+    app.extensions["tinygrad_mnist"] = Pages(Sessions(model, max_sessions), lr, data_dir, workers,
+                                             threading.BoundedSemaphore(lanes))
     for page in (draw_page, graph_page, train_page):
         app.register_blueprint(page)
     app.wsgi_app = _one_per_core(app.wsgi_app, app.extensions["tinygrad_mnist"].computing)  # type: ignore[method-assign]
@@ -210,9 +217,18 @@ def serve(checkpoint: str | Path, host: str = "127.0.0.1", port: int = 8000,
     if not 0 <= port <= 65535:
         raise ValueError(f"port must be in 0..65535 (0 = any free port), got {port}")
     hosts = answered_hosts(host, allow_host)
-    app = create_app(load_checkpoint(checkpoint).model, max_sessions=max_sessions,
-                     allowed_hosts=hosts, data_dir=data_dir)
-    server = make_server(app, host, port)
+    model = load_checkpoint(checkpoint).model
+    workers = Workers(checkpoint, cores())
+    # Request threads mostly wait (for a socket, a worker's pipe): a shorter switch interval
+    # than Python's 5 ms lets a woken one take the interpreter lock back sooner.
+    sys.setswitchinterval(0.0005)
+    try:
+        app = create_app(model, max_sessions=max_sessions, allowed_hosts=hosts,
+                         data_dir=data_dir, workers=workers)
+        server = make_server(app, host, port)
+    except BaseException:
+        workers.close()
+        raise
     logging.getLogger("waitress").setLevel(logging.ERROR)  # not a line per queued request
     shown = "127.0.0.1" if host in ("0.0.0.0", "::") else host
     url = f"http://{f'[{shown}]' if ':' in shown else shown}:{server.effective_port}/"
@@ -227,3 +243,4 @@ def serve(checkpoint: str | Path, host: str = "127.0.0.1", port: int = 8000,
         server.run()
     finally:
         server.close()
+        workers.close()

@@ -18,6 +18,7 @@ from flask import current_app, session
 from .api_input import InputError
 from .data import MNIST, load_mnist
 from .nn import MLP
+from .workers import Workers
 
 TEACH_LR = 0.01  # one step of 0.1 on a single digit overshoots: most digits then get its label
 
@@ -68,6 +69,11 @@ class Sessions:
             while len(self._copies) > self.limit:
                 self._copies.popitem(last=False)
 
+    def has_own(self, sid: str | None) -> bool:
+        """Whether this browser has its own copy of the model (it taught, or used a trained one)."""
+        with self._lock:
+            return (sid or "") in self._copies
+
     def reset(self, sid: str | None) -> None:
         with self._lock:
             self._copies.pop(sid or "", None)
@@ -82,15 +88,16 @@ class Pages:
 
     `computing` lets as many POST requests (which run the engine) be handled at once as there
     are cores: more would only take turns for Python's interpreter lock (the GIL) and slow
-    each other down. The other worker threads stay free for pages, files and event streams."""
+    each other down. The other worker threads stay free for pages,
+    files and event streams. `workers`, when given, answer the predictions of browsers that
+    use the served model."""
 
     sessions: Sessions
     lr: float
     data_dir: str | Path | None = None
+    workers: Workers | None = None
     computing: threading.BoundedSemaphore = field(
-        default_factory=lambda: threading.BoundedSemaphore(len(os.sched_getaffinity(0))
-                                                           if hasattr(os, "sched_getaffinity")
-                                                           else os.cpu_count() or 2))
+        default_factory=lambda: threading.BoundedSemaphore(cores()))
     _mnist: MNIST | None = field(default=None, repr=False)
     _mnist_error: str | None = field(default=None, repr=False)
     _mnist_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
@@ -118,6 +125,11 @@ class Pages:
         except InputError:
             return False
         return True
+
+
+def cores() -> int:
+    """The CPU cores this process may run on."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 2
 
 
 def pages() -> Pages:
