@@ -386,3 +386,14 @@ def test_resume_from_hand_edited_metadata_fails_before_training(trained, mnist_d
         one_line_error(result, "is not a tinygrad_mnist checkpoint", "'history' must be a list of "
                        "1 rows")
         assert "epoch 2" not in result.stdout
+
+
+def test_a_preset_sets_the_settings_and_flags_beside_it_win(tmp_path, mnist_dir):
+    run = tmp_path / "run"
+    result = cli("train", "--preset", "quick", "--epochs", 1, "--train-limit", 2000, "--val-size",
+                 500, "--no-progress", "--no-plots", "--run-dir", run, "--data-dir", mnist_dir)
+    assert result.returncode == 0, result.stderr
+    config = load_checkpoint(run / "checkpoint.npz").config
+    assert (config.hidden, config.shift, config.augment, config.epochs) == ((256, 128), 1, "shift", 1)
+    bad = cli("train", "--preset", "fastest")
+    assert bad.returncode == 2 and "invalid choice: 'fastest'" in bad.stderr

@@ -141,7 +141,8 @@ def test_worker_trains_the_recipe_on_the_same_bytes(mnist_dir, mnist):
     ready, part0, part1, val, test, done = (json.loads(line) for line in proc.stdout.splitlines())
     assert ready["ready"] and ready["steps_per_epoch"] == 5 and ready["train_examples"] == 640
     assert (part0["steps"], part1["steps"]) == (2, 3)
-    batches = augmented_batches(mnist.train_x[:640], mnist.train_y[:640], 0, 0, 128, 2)
+    batches = augmented_batches(mnist.train_x[:640], mnist.train_y[:640], 0, 0, 128, 2,
+                                augment=RECIPE["augment"])
     assert (part0["crc32"], part1["crc32"]) == (crc(batches[:2]), crc(batches[2:]))
     hand = make_trainer("numpy", initial_params(SMALL, 0), RECIPE["lr"], **OPTIM)
     for step, (xb, yb) in enumerate(batches):  # the same steps, here: the same accuracies there

@@ -201,7 +201,7 @@ def test_pictures_are_written_and_decode(mnist, tmp_path):
 
 def test_augmentation_changes_what_is_learned_and_is_repeatable(mnist, tmp_path):
     def weights(shift, name):
-        config = TrainConfig(epochs=1, shift=shift, **SMALL)
+        config = TrainConfig(epochs=1, shift=shift, augment="shift", **SMALL)
         train(config, tmp_path / name, data=mnist, progress=False, log=quiet)
         return _weights(tmp_path / name)
     plain, shifted, again = weights(0, "plain"), weights(2, "shifted"), weights(2, "again")
@@ -210,18 +210,22 @@ def test_augmentation_changes_what_is_learned_and_is_repeatable(mnist, tmp_path)
     assert load_checkpoint(tmp_path / "shifted" / "checkpoint.npz").config.shift == 2
 
 
-def test_augmentation_feeds_the_shifted_batches(mnist, tmp_path, monkeypatch):
-    """The loop trains on exactly shift(x[order[batch]], epoch_shifts(...)[batch])."""
-    from tinygrad_mnist.augment import epoch_shifts, shift
+@pytest.mark.parametrize("augment", ["shift", "affine"])
+def test_augmentation_feeds_the_distorted_batches(mnist, tmp_path, monkeypatch, augment):
+    """The loop trains on exactly distort(x[order[batch]], epoch_moves(...)[batch]): for
+    shifts, shift(x[order[batch]], epoch_shifts(...)[batch])."""
+    from tinygrad_mnist.augment import distort, epoch_moves, epoch_shifts, shift
     seen = []
     original = train_module.Tensor
     monkeypatch.setattr(train_module, "Tensor", lambda a: seen.append(a.copy()) or original(a))
-    config = TrainConfig(epochs=1, shift=2, **SMALL)
+    config = TrainConfig(epochs=1, shift=2, augment=augment, **SMALL)
     train(config, tmp_path, data=mnist, progress=False, log=quiet)
     x = mnist.train_x[:config.train_limit]
     order = epoch_order(config.seed, 0, len(x))
-    moves = epoch_shifts(config.seed, 0, len(x), 2)
-    np.testing.assert_array_equal(seen[1], shift(x[order[64:128]], moves[64:128]))
+    moves = epoch_moves(augment, config.seed, 0, len(x), 2)
+    np.testing.assert_array_equal(seen[1], distort(x[order[64:128]], moves[64:128], augment))
+    if augment == "shift":
+        np.testing.assert_array_equal(seen[1], shift(x[order[64:128]], epoch_shifts(0, 0, len(x), 2)[64:128]))
     assert not np.array_equal(seen[1], x[order[64:128]])
 
 

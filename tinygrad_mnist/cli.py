@@ -45,7 +45,7 @@ def _setting_type(setting: Setting) -> Callable[[str], Any]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .config import SIZES, TrainConfig, integer, number, settings
+    from .config import PRESETS, SIZES, TrainConfig, integer, number, settings
     parser = argparse.ArgumentParser(
         prog="tinygrad-mnist", description="Train and inspect an MNIST MLP built on "
         "tinygrad_mnist's own autodiff engine.")
@@ -76,6 +76,10 @@ def build_parser() -> argparse.ArgumentParser:
         t.add_argument("--" + name.replace("_", "-"), type=_setting_type(setting),
                        choices=setting.choices or None, help=f"{setting.help} (default {shown})"
                        if default is not None else setting.help)
+    t.add_argument("--preset", choices=sorted(PRESETS), help="a named set of the settings "
+                   "above (flags given beside it win): " + "; ".join(
+                       f"{name}: {about}" for name, (about, _) in sorted(PRESETS.items())
+                   ).replace("%", "%%"))  # argparse formats help text with %
     t.add_argument("--run-dir", default="runs/mnist", help="where checkpoints, metrics and "
                    "pictures go (default %(default)s)")
     mode = t.add_mutually_exclusive_group()
@@ -180,10 +184,11 @@ def _terminate(signum: int, frame: object) -> None:
 
 def _train(args: argparse.Namespace) -> int:
     """Train, then (unless --no-plots) draw the run's pictures and write its report."""
-    from .config import TrainConfig, settings
+    from .config import PRESETS, TrainConfig, settings
     from .run_dir import resume_config
     from .train import train
-    given = {k: getattr(args, k) for k in settings() if getattr(args, k) is not None}
+    given = PRESETS[args.preset][1] if args.preset else {}
+    given = {**given, **{k: getattr(args, k) for k in settings() if getattr(args, k) is not None}}
     # --resume: the flags not given come from the checkpoint; train() refuses any that differ
     # from it, except --epochs, whose effect on the schedule it explains
     config = resume_config(args.run_dir, **given) if args.resume else TrainConfig(**given)
