@@ -145,7 +145,8 @@ def to_markdown(result: dict[str, Any]) -> str:
          f"{result['rounds']} rounds of {result['steps']} steps each, floor and engine in turns."),
         "",
         ("| model | floor, µs/step | engine, µs/step | engine ÷ floor | at issue 10 (1 thread) "
-         "| ±2 px shifts, µs/batch | shifts ÷ engine step |"),
+         f"| {result['augment']} augmentation (±{result['max_shift']} px), µs/batch "
+         "| augmentation ÷ engine step |"),
         "|---|---:|---:|---:|---:|---:|---:|",
     ]
     for model, r in result["models"].items():
@@ -164,7 +165,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         print(f"{model}: {args.rounds} rounds of {args.steps} steps...", file=sys.stderr)
         models[model] = bench_model(MODELS[model], args)
     machine["load_average_end"] = os.getloadavg()
+    from .time_to_accuracy import RECIPE  # NumPy is loaded by now
     result = {"date": time.strftime("%Y-%m-%d %H:%M %Z"), "machine": machine,
+              "augment": RECIPE["augment"], "max_shift": RECIPE["max_shift"],
               "threads": args.threads, "threads_label": str(args.threads or "default"),
               "batch": args.batch, "rounds": args.rounds, "steps": args.steps,
               "sgd": "Nesterov momentum 0.9, weight decay 1e-4" if args.recipe_sgd

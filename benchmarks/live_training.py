@@ -150,7 +150,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                                                                         else argv),
               "machine": machine, "preset": args.preset, "sizes": [784, *config.hidden, 10],
               "config": {"lr": config.lr, "optimizer": config.optimizer, "batch_size": config.batch_size,
-                         "epochs": config.epochs, "shift": config.shift},
+                         "epochs": config.epochs, "shift": config.shift, "augment": config.augment},
               "steps": steps, "rounds": rounds, "median_ratio": ratio, "max_stream_kb_per_s": stream,
               "speed_target": SPEED_TARGET, "stream_target_kb_per_s": STREAM_TARGET_KB,
               "speed_met": ratio >= SPEED_TARGET, "stream_met": stream <= STREAM_TARGET_KB}

@@ -164,7 +164,7 @@ def test_at_most_max_readers_pages_stream_a_run(runs, data):
 
 
 def test_the_run_reaches_the_same_weights_as_train(data, tmp_path):
-    """The same pieces in the same order: shuffling, shifts, dropout, schedule, steps."""
+    """The same pieces in the same order: shuffling, distortions, dropout, schedule, steps."""
     config = TrainConfig(hidden=(32,), epochs=2, train_limit=1000, batch_size=100, dropout=0.1,
                          shift=2)
     run = LiveRun(config, data).start()

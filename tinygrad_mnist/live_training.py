@@ -1,7 +1,7 @@
 """Training in the page: a run in a background thread, its controls, and what it shows.
 
 The run trains as `train` does: the same TrainConfig, model, optimizer and schedule, the same
-shuffling, shifts and steps in the same order, so it reaches the same weights. Besides, it only
+shuffling, distortions and steps in the same order, so it reaches the same weights. Besides, it only
 writes small snapshots: the numbers about 5 times a second, the first-layer tiles and the
 predictions for 16 digits twice a second, accuracy on held-out digits every few hundred steps.
 Pages read those (`EventStream`), so watching costs the training loop little. A run stops when
@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import orjson
 
-from .augment import epoch_shifts, shift
+from .augment import distort, epoch_moves
 from .checkpoint import EpochState, save_checkpoint
 from .config import TrainConfig, build_model, build_optimizer, check_model_size, lr_schedule
 from .data import MNIST
@@ -219,7 +219,7 @@ class LiveRun:
         for m in self._dropouts:
             m.rng = dropout_rng(config.seed, epoch)
         order = epoch_order(config.seed, epoch, len(x))
-        shifts = epoch_shifts(config.seed, epoch, len(x), config.shift) if config.shift else None
+        moves = epoch_moves(config.augment, config.seed, epoch, len(x), config.shift)
         starts = range(0, len(x), config.batch_size)
         loss_sum, correct, seen, seconds = 0.0, 0, 0, 0.0
         for step, i in enumerate(starts):
@@ -228,7 +228,8 @@ class LiveRun:
                 return False
             begun = time.perf_counter()
             idx = order[i:i + config.batch_size]
-            batch = x[idx] if shifts is None else shift(x[idx], shifts[i:i + config.batch_size])
+            batch = x[idx] if moves is None else distort(x[idx], moves[i:i + config.batch_size],
+                                                         config.augment)
             before = self._tiles() if turn == "capture" else None
             with self._model_lock:
                 self.optimizer.lr = self._schedule(epoch + step / len(starts))
