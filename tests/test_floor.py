@@ -50,7 +50,7 @@ def test_quick_run_writes_the_table(tmp_path):
     assert set(saved["models"]) == {"784-128-10", "784-512-256-10"} and saved["threads"] == 1
     table = (tmp_path / "floor.md").read_text()
     assert "| 784-128-10 |" in table and "1.54, aim ≤ 1.25" in table and "plain SGD" in table
-    assert "shifts ÷ engine step" in table
+    assert "augmentation ÷ engine step" in table
 
 
 def test_bad_arguments():
