@@ -381,3 +381,37 @@ def test_grad_mode_and_name_scope_are_per_thread() -> None:
         stop.set()
         other.join()
     assert errors == [] and is_grad_enabled()
+
+
+def test_one_grad_mode_object_may_be_reused_nested_and_by_several_threads() -> None:
+    """A no_grad() or name_scope kept in a variable, entered inside itself and by threads at
+    the same time, restores each thread's own state on the way out (as PyTorch allows)."""
+    import threading
+
+    from tinygrad_mnist import name_scope
+    from tinygrad_mnist.grad_mode import _scope
+    off, scope = no_grad(), name_scope("shared")
+    with off:
+        with off:
+            assert not is_grad_enabled()
+        assert not is_grad_enabled()
+    assert is_grad_enabled()
+    errors: list[str] = []
+    barrier = threading.Barrier(4)
+
+    def worker() -> None:
+        for _ in range(200):
+            barrier.wait()
+            with off, scope:
+                barrier.wait()
+                if is_grad_enabled() or _scope.get() != ("shared",):
+                    errors.append("inside")
+            if not is_grad_enabled() or _scope.get() != ():
+                errors.append("after")
+
+    threads = [threading.Thread(target=worker) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == [] and off._tokens == {} and scope._tokens == {}

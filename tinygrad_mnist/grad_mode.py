@@ -6,8 +6,9 @@ must not stop another thread from recording its graph.
 from __future__ import annotations
 
 import functools
+import threading
 from collections.abc import Callable
-from contextvars import ContextVar
+from contextvars import ContextVar, Token
 from typing import Any
 
 # ContextVars, not a threading.local: each thread starts from the defaults, and reading one
@@ -20,18 +21,37 @@ def is_grad_enabled() -> bool:
     return _grad_enabled.get()
 
 
-class set_grad_enabled:
+class _Setting:
+    """Sets a ContextVar for the length of a with-block, then restores it. One object may be
+    entered again inside itself, or by several threads at once (a module-level `no_grad()`
+    shared by a server's threads): each thread keeps its own stack of tokens."""
+
+    def __init__(self) -> None:
+        self._tokens: dict[int, list[Token]] = {}
+
+    def _enter(self, var: ContextVar, value: Any) -> None:
+        self._tokens.setdefault(threading.get_ident(), []).append(var.set(value))
+
+    def _exit(self, var: ContextVar) -> None:
+        mine = self._tokens[threading.get_ident()]
+        var.reset(mine.pop())
+        if not mine:
+            del self._tokens[threading.get_ident()]
+
+
+class set_grad_enabled(_Setting):
     """Context manager (and decorator) that turns graph recording on or off inside it, in
     this thread."""
 
     def __init__(self, mode: bool = True):
+        super().__init__()
         self.mode = mode
 
     def __enter__(self) -> None:
-        self.token = _grad_enabled.set(self.mode)
+        self._enter(_grad_enabled, self.mode)
 
     def __exit__(self, *exc: Any) -> None:
-        _grad_enabled.reset(self.token)
+        self._exit(_grad_enabled)
 
     def __call__(self, fn: Callable) -> Callable:
         @functools.wraps(fn)
@@ -62,16 +82,17 @@ class Scope(str):
         return scope
 
 
-class name_scope:
+class name_scope(_Setting):
     """Label the ops recorded inside (nestable, per thread), so the graph picture can box them
     together, e.g. every op of one Linear layer in a cluster called "Linear(784→128)".
     `owner` (an nn.Module passes itself) tells apart two scopes with the same label."""
 
     def __init__(self, label: str, owner: object = None):
+        super().__init__()
         self.label = Scope(label, owner)
 
     def __enter__(self) -> None:
-        self.token = _scope.set(_scope.get() + (self.label,))
+        self._enter(_scope, _scope.get() + (self.label,))
 
     def __exit__(self, *exc: Any) -> None:
-        _scope.reset(self.token)
+        self._exit(_scope)
