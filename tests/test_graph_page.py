@@ -93,6 +93,7 @@ BAD = [
     ({"expression": "a+" * 250 + "a", "values": {"a": 1}}, "501 characters long; at most 500"),
     ({"expression": "-" * 60 + "a", "values": {"a": 1}}, "nests 61 operations deep; at most 50"),
     ({"expression": "a * b", "values": {"a": 1}}, "no value for b"),
+    ({"expression": "a\u0000", "values": {"a": 1}}, "contains a null character"),
     ({"expression": "a * b"}, "no value for a, b"),
     ({"expression": "a", "values": {"a": 1, "q": 2}}, "q has a value but is not in the expression"),
     ({"expression": "a", "values": {"a": None}}, "the value of a must be a number, got NoneType"),
@@ -135,6 +136,9 @@ def test_update_steps_this_browsers_own_copy_only(app, model):
     assert other.post("/api/graph", json=payload).json["loss"] == first["loss"]  # its own model
     assert {k: v.tobytes() for k, v in model.state_dict().items()} == before  # the base: never
     assert mine.post("/api/graph/update", json={**payload, "lr": 0}).status_code == 400
+    huge = mine.post("/api/graph/update", content_type="application/json",  # too large for a float
+                     data=json.dumps(payload)[:-1] + ', "lr": 1' + "0" * 400 + "}")
+    assert huge.status_code == 400 and huge.json["error"].startswith('"lr" must be a number in (0, ')
 
 
 def test_update_of_an_expression_moves_its_values(client):
@@ -165,6 +169,19 @@ def test_without_mnist_the_page_offers_the_expression_and_says_how_to_get_digits
     r = client.post("/api/graph", json={"test_index": 0})
     assert r.status_code == 400 and "MNIST is not available to this server" in r.json["error"]
     assert client.post("/api/graph", json=EXPRESSION).status_code == 200
+
+
+def test_mnist_put_in_place_while_serving_is_found_without_a_restart(model, tmp_path, mnist_dir,
+                                                                     monkeypatch):
+    import shutil
+
+    from tinygrad_mnist import sessions
+    monkeypatch.setattr(sessions, "MNIST_RETRY", 0.0)
+    client = create_app(model, data_dir=tmp_path).test_client()
+    assert client.post("/api/graph", json={"test_index": 0}).status_code == 400
+    for f in mnist_dir.iterdir():  # what `tinygrad-mnist train` would have downloaded
+        shutil.copy(f, tmp_path / f.name)
+    assert client.post("/api/graph", json={"test_index": 0}).status_code == 200
 
 
 # ----------------------------------------------------------------------------- in Chromium

@@ -14,6 +14,7 @@ from tinygrad_mnist import Tensor, ops, report
 from tinygrad_mnist.checkpoint import load_checkpoint
 from tinygrad_mnist.data import load_mnist
 from tinygrad_mnist.explorer import explore_digit
+from tinygrad_mnist.explorer_draw import drawn
 from tinygrad_mnist.gradcheck import check_parameters
 from tinygrad_mnist.nn import MLP, cross_entropy
 from tinygrad_mnist.predict import first_mistake, predict_proba
@@ -154,7 +155,7 @@ def test_the_explorer_holds_the_engines_trace_of_the_first_mistake(run, page, mn
     ckpt = load_checkpoint(run / "checkpoint.npz")
     data = load_mnist(mnist_dir, val_size=ckpt.config.val_size, seed=ckpt.config.seed)
     mistake = first_mistake(predict_proba(ckpt.model, data.test_x).argmax(axis=1), data.test_y)
-    expected = explore_digit(ckpt.model, data.test_x[mistake], int(data.test_y[mistake]))
+    expected = drawn(explore_digit(ckpt.model, data.test_x[mistake], int(data.test_y[mistake])))
     shown = embedded(page)
     assert shown["label"] == int(data.test_y[mistake]) and np.float32(shown["loss"]) == expected["loss"]
     assert shown["svg"] == expected["svg"] and "<svg" not in page.split('id="explorer-data">')[1]

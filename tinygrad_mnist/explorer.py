@@ -4,23 +4,25 @@ Two computations can be explored: a digit through an MLP to its cross-entropy lo
 scalar expression a person types (expression.py). Either way the graph is recorded by the
 engine and walked by the engine's own backward (`trace`), so every value, gradient and step
 here is what ran, bit for bit; this module only arranges it. A small tensor is sent as its
-numbers; a large one as a picture (explorer_draw.py), with its min, max and norm. Each step
+numbers; a large one as the array a picture is made of (explorer_draw.py colours it), with its
+min, max and norm. Each step
 of the walk comes with the op's local rule in plain maths, and every parameter with a
-gradient check against finite differences in float64. Computing only: the explorer page
-(graph_page.py) and the run report present it.
+gradient check against finite differences in float64. Computing only: `explorer_draw.drawn`
+turns the arrays into PNGs and adds the graph's SVG, and the explorer page (graph_page.py) and
+the run report present it.
 """
 from __future__ import annotations
 
+import math
 from collections import defaultdict
 from typing import Any
 
 import numpy as np
 
-from .explorer_draw import digit_picture, graph_svg, grid_picture, grid_shape, heatmap_picture, tiles_picture
+from .data import SIDE
 from .expression import Built, Expression, ExpressionError, build, checked_values, evaluate, parse
 from .grad_mode import no_grad
 from .gradcheck import central_difference, check_parameters
-from .graph import GraphvizNotFound
 from .nn import Module, cross_entropy
 from .optim import SGD
 from .tensor import Tensor
@@ -29,6 +31,7 @@ from .trace import Node, Trace, trace, walk
 SMALL = 1024  # a tensor with at most this many numbers is sent whole (values, grads)
 TERMS = 5  # a neuron's largest terms w_i x_i, shown when it is expanded
 TILES = 16  # first-layer units shown as 28x28 tiles: those with the largest gradient
+HEATMAP_SIDE = 128  # pixels on the long side of a matrix's heatmap, at most
 OK_ERROR = 1e-4  # a gradient check passes below this relative error ...
 # ... or below this absolute difference: a float64 loss is exact to ~1e-15, so a central
 # difference over 2e-6 cannot resolve gradients smaller than ~1e-9 (a digit the model is sure of)
@@ -139,11 +142,24 @@ def update_expression(text: Any, values: Any, lr: float) -> dict[str, Any]:
     expr = parse(text)
     numbers = checked_values(expr, values)
     built = build(expr, numbers)
-    built.output.backward()
+    with np.errstate(all="ignore"):  # what is not finite is refused by name below
+        built.output.backward()
+    for name, leaf in built.leaves.items():
+        if leaf.grad is not None and not np.isfinite(leaf.grad.data).all():
+            raise ExpressionError(f"the gradient of {expr.text} with respect to {name} is "
+                                  f"{leaf.grad.item()} for these values; choose other values")
     SGD(list(built.leaves.values()), lr=lr).step()
     after = {name: leaf.item() for name, leaf in built.leaves.items()}
+    try:
+        if not all(np.isfinite(v) for v in after.values()):
+            raise ExpressionError("the values are not all finite")
+        with np.errstate(all="ignore"):
+            result = evaluate(expr, after)
+    except ExpressionError as e:
+        raise ExpressionError(f"a step of lr {lr} moves the values to {after}, where {e}; "
+                              f"try a smaller lr") from None
     return {"lr": lr, "values_before": numbers, "values_after": after,
-            "before": built.output.item(), "after": evaluate(expr, after)}
+            "before": built.output.item(), "after": result}
 
 
 def rule_text(op: str, position: int, names: tuple[str, ...] | None = None) -> str:
@@ -206,28 +222,47 @@ def _node(n: Node) -> dict[str, Any]:
 
 
 def _pictures(n: Node) -> dict[str, Any] | None:
-    """The tensor's value and gradient as pictures: what kind, and the PNG data URLs."""
+    """What of the tensor's value and gradient a picture shows, and how: a digit (28×28), a
+    grid of neurons, the 784 weights of the units with the largest gradient as 28×28 tiles, or
+    a heatmap averaged over blocks. Arrays, coloured by `explorer_draw.drawn`; `signed` says
+    whether the value has negative entries (the gradient always may)."""
     v, g, size = n.value, n.grad, n.value.size
     signed = bool(v.size) and float(v.min()) < 0
     if size <= 16:  # ten logits read better as numbers
         return None
     if size == 784 and max(v.shape) == 784:
-        return {"kind": "digit", "value": digit_picture(v, signed),
-                "grad": None if g is None else digit_picture(g, True)}
+        return {"kind": "digit", "signed": signed, "value": v.reshape(SIDE, SIDE),
+                "grad": None if g is None else g.reshape(SIDE, SIDE)}
     if v.ndim == 1 or (v.ndim == 2 and v.shape[0] == 1):
         rows, cols = grid_shape(size)
-        return {"kind": "grid", "rows": rows, "cols": cols, "value": grid_picture(v, signed),
-                "grad": None if g is None else grid_picture(g, True)}
+        return {"kind": "grid", "rows": rows, "cols": cols, "signed": signed, "value": v.reshape(-1),
+                "grad": None if g is None else g.reshape(-1)}
     if v.ndim == 2 and v.shape[0] == 784:
         ranked = np.linalg.norm(g if g is not None else v, axis=0)
         units = [int(u) for u in np.argsort(-ranked, kind="stable")[:TILES]]
-        return {"kind": "tiles", "units": units, "value": tiles_picture(v, units, signed),
-                "grad": None if g is None else tiles_picture(g, units, True)}
+        return {"kind": "tiles", "units": units, "signed": signed, "value": v[:, units],
+                "grad": None if g is None else g[:, units]}
     if v.ndim == 2:
-        value, f = heatmap_picture(v, signed)
-        return {"kind": "heatmap", "block": f, "value": value,
-                "grad": None if g is None else heatmap_picture(g, True)[0]}
+        f = max(1, math.ceil(max(v.shape) / HEATMAP_SIDE))
+        return {"kind": "heatmap", "block": f, "signed": signed, "value": block_mean(v, f),
+                "grad": None if g is None else block_mean(g, f)}
     return None
+
+
+def grid_shape(n: int) -> tuple[int, int]:
+    """(rows, cols) of the grid of squares showing n neurons: twice as wide as tall."""
+    cols = max(1, math.ceil(math.sqrt(2 * n)))
+    return math.ceil(n / cols), cols
+
+
+def block_mean(m: np.ndarray, f: int) -> np.ndarray:
+    """A matrix averaged over f×f blocks (the last ones partial), so a heatmap of it fits."""
+    if f == 1:
+        return m
+    h, w = math.ceil(m.shape[0] / f) * f, math.ceil(m.shape[1] / f) * f
+    padded = np.full((h, w), np.nan)
+    padded[:m.shape[0], :m.shape[1]] = m
+    return np.nanmean(padded.reshape(h // f, f, w // f, f), axis=(1, 3))
 
 
 def _terms(t: Trace, n: Node) -> dict[str, Any]:
@@ -314,7 +349,7 @@ def _clusters(t: Trace, labels: dict[str, str]) -> list[dict[str, Any]]:
 
 def _finish(t: Trace, nodes: list[dict[str, Any]], clusters: list[dict[str, Any]],
             badges: list[dict[str, Any]], **extra: Any) -> dict[str, Any]:
-    """The whole answer: nodes, the walk's steps, gradient checks and the SVG."""
+    """The whole answer: nodes, the walk's steps and gradient checks (no pictures yet)."""
     for badge in badges:
         for r in badge["rows"]:
             r["agree"] = r["relative_error"] < OK_ERROR or abs(r["analytic"] - r["numerical"]) < OK_DIFFERENCE
@@ -322,15 +357,9 @@ def _finish(t: Trace, nodes: list[dict[str, Any]], clusters: list[dict[str, Any]
         badge["ok"] = bool(badge["rows"]) and all(r["agree"] for r in badge["rows"])
         badge["tiny"] = badge["ok"] and badge["worst"] >= OK_ERROR  # agree only within the floor
         nodes[badge["node"]]["gradcheck"] = badge
-    try:
-        svg, svg_error = graph_svg(nodes, clusters, numbers=extra["source"] == "expression"), None
-    except GraphvizNotFound as e:
-        svg, svg_error = None, str(e)
     return {**extra, "nodes": nodes, "output": t.output, "forward_order": t.forward_order,
             "backward_steps": [_step(t, s.node, s.upstream, s.to_inputs) for s in t.backward_steps],
-            "clusters": [{k: c[k] for k in ("id", "module", "label", "parent", "nodes")}
-                         for c in clusters],
-            "gradcheck": badges, "svg": svg, "svg_error": svg_error}
+            "clusters": clusters, "gradcheck": badges}
 
 
 def _step(t: Trace, node: int, upstream: np.ndarray,

@@ -75,6 +75,9 @@ def parse(text: Any) -> Expression:
     if not text.strip():
         raise ExpressionError(f"the expression is empty; write one such as tanh(a*b + c), "
                               f"with {ALLOWED}")
+    if "\x00" in text:  # ast.parse raises ValueError, not SyntaxError, on it before 3.12
+        raise ExpressionError("the expression contains a null character (\\x00); write "
+                              "plain text such as tanh(a*b + c)")
     try:
         tree = ast.parse(text.strip(), mode="eval").body
     except SyntaxError as e:

@@ -26,18 +26,32 @@ RANKDIRS = ("LR", "TB")
 FORMATS = ("svg", "png", "pdf", "gv", "dot")  # the last two are DOT source, no `dot` binary needed
 TINY = 6  # tensors with at most this many elements show their values
 
-_FONT = "Helvetica"
-_PARAM = {"shape": "box", "style": "rounded,filled,bold", "fillcolor": "#b7e4b0",
-          "color": "#2e7d32", "penwidth": "2"}
-_INTERMEDIATE = {"shape": "box", "style": "rounded,filled", "fillcolor": "#dbe8fb",
-                 "color": "#5b7fb5"}
-_CONSTANT = {"shape": "box", "style": "rounded,dashed", "color": "#888888",
-             "fontcolor": "#555555"}
-_OP = {"shape": "ellipse", "style": "filled", "fillcolor": "#ffd98e", "color": "#b7791f"}
+FONT = "Helvetica"
+# one palette for every graph picture (this module's and the explorer's)
+PARAMETER = {"shape": "box", "style": "rounded,filled,bold", "fillcolor": "#b7e4b0",
+             "color": "#2e7d32", "penwidth": "2"}
+INTERMEDIATE = {"shape": "box", "style": "rounded,filled", "fillcolor": "#dbe8fb",
+                "color": "#5b7fb5"}
+CONSTANT = {"shape": "box", "style": "rounded,dashed", "color": "#888888",
+            "fontcolor": "#555555"}
+OP = {"shape": "ellipse", "style": "filled", "fillcolor": "#ffd98e", "color": "#b7791f"}
+INSTALL_DOT = ("install it with `apt-get install graphviz` (Debian/Ubuntu), `brew install "
+               "graphviz` (macOS) or `conda install -c conda-forge graphviz`")
 
 
 class GraphvizNotFound(RuntimeError):
     """The Graphviz `dot` program, which turns DOT source into pictures, is not installed."""
+
+
+def svg_markup(dot: graphviz.Digraph | graphviz.Source) -> str:
+    """The graph as SVG markup to place inside HTML (no XML prolog or DOCTYPE, which HTML does
+    not allow there). Raises GraphvizNotFound when the `dot` program is missing."""
+    try:
+        svg = dot.pipe(format="svg").decode("utf-8")
+    except graphviz.ExecutableNotFound as e:
+        raise GraphvizNotFound(f"the graph picture needs the Graphviz `dot` program, which is "
+                               f"not on PATH: {INSTALL_DOT}") from e
+    return svg[svg.index("<svg"):]
 
 
 def retain_grads(root: Tensor) -> None:
@@ -77,8 +91,8 @@ def draw_graph(root: Tensor, path: str | os.PathLike | None = None, *, show_valu
     tensors = walk(root)
     ops = [t for t in tensors if t._ctx is not None]  # one op per output tensor
     dot = graphviz.Digraph(graph_attr={"rankdir": rankdir, "nodesep": "0.25", "ranksep": "0.35",
-                                       "fontname": _FONT},
-                           node_attr={"fontname": _FONT, "fontsize": "11"},
+                                       "fontname": FONT},
+                           node_attr={"fontname": FONT, "fontsize": "11"},
                            edge_attr={"arrowsize": "0.7", "color": "#555555"})
     n_nodes = len(tensors) + len(ops)
     if max_nodes is not None and n_nodes > max_nodes:
@@ -111,9 +125,8 @@ def render_to(dot: graphviz.Digraph, path: str | os.PathLike) -> Path:
         picture = dot.pipe(format=fmt)
     except graphviz.ExecutableNotFound as e:
         raise GraphvizNotFound(
-            f"cannot render {path}: the Graphviz `dot` program is not on PATH. Install it with "
-            f"`apt-get install graphviz` (Debian/Ubuntu), `brew install graphviz` (macOS) or "
-            f"`conda install -c conda-forge graphviz`. The DOT source was written to {source}; "
+            f"cannot render {path}: the Graphviz `dot` program is not on PATH; {INSTALL_DOT}. "
+            f"The DOT source was written to {source}; "
             f"render it later with `dot -T{fmt} {source} -o {path}`") from e
     atomic_write(path, picture)
     return path
@@ -155,7 +168,7 @@ def _draw(dot: graphviz.Digraph, tensors: list[Tensor], ops: list[Tensor], show_
     for t in tensors:
         body = bodies[scope_of.get(id(t), ())]
         if t._ctx is not None:
-            body.append((oid[id(t)], f"<<B>{type(t._ctx).__name__}</B>>", _OP))
+            body.append((oid[id(t)], f"<<B>{type(t._ctx).__name__}</B>>", OP))
         body.append((tid[id(t)], _tensor_label(t, show_values, show_grads), _tensor_style(t)))
 
     for name, label, style in bodies.pop((), []):
@@ -164,7 +177,7 @@ def _draw(dot: graphviz.Digraph, tensors: list[Tensor], ops: list[Tensor], show_
     for s in bodies:
         scopes.update(s[:k] for k in range(1, len(s) + 1))
     clusters = {s: graphviz.Digraph(name=f"cluster_{i}", graph_attr={
-        "label": f"<<B>{_esc(s[-1][0])}</B>>", "labeljust": "l", "style": "rounded,filled",
+        "label": f"<<B>{esc(s[-1][0])}</B>>", "labeljust": "l", "style": "rounded,filled",
         "color": "#9e9e9e", "fillcolor": "#f4f4f4" if len(s) % 2 else "#e6e6e6"})
         for i, s in enumerate(sorted(scopes))}
     for s, body in bodies.items():
@@ -191,20 +204,20 @@ def _common_prefix(scopes: list[tuple[Any, ...]]) -> tuple[Any, ...]:
 
 def _tensor_style(t: Tensor) -> dict:
     if t._ctx is not None:
-        return _INTERMEDIATE
-    return _PARAM if t.requires_grad else _CONSTANT
+        return INTERMEDIATE
+    return PARAMETER if t.requires_grad else CONSTANT
 
 
 def _tensor_label(t: Tensor, show_values: bool, show_grads: bool) -> str:
     """An HTML-like label: name, shape and dtype, and (when small) data and grad."""
     shape = "scalar" if t.ndim == 0 else str(t.shape)
-    lines = [f"<B>{_esc(t.name)}</B>"] if t.name else []
+    lines = [f"<B>{esc(t.name)}</B>"] if t.name else []
     lines.append(f'<FONT POINT-SIZE="9">{shape} {t.dtype}</FONT>')
     if show_values and t.size <= TINY:
-        lines.append(f"data = {_esc(_fmt(t.data))}")
+        lines.append(f"data = {esc(_fmt(t.data))}")
     if show_grads and t.grad is not None:
         g = t.grad.data
-        lines.append(f"grad = {_esc(_fmt(g))}" if g.size <= TINY
+        lines.append(f"grad = {esc(_fmt(g))}" if g.size <= TINY
                      else f"‖grad‖ = {float(np.linalg.norm(g.ravel())):.4g}")
     return "<" + "<BR/>".join(lines) + ">"
 
@@ -220,5 +233,6 @@ def _fmt(a: np.ndarray) -> str:
     return " ".join(text.split())
 
 
-def _esc(s: str) -> str:
+def esc(s: Any) -> str:
+    """Text safe inside a Graphviz HTML-like label."""
     return html.escape(str(s), quote=False)

@@ -9,7 +9,6 @@ expression's values. Every problem with a request is a one-line 400.
 """
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from typing import Any
 
@@ -19,11 +18,10 @@ from flask import Blueprint, Response, jsonify, render_template, session
 from .api_input import InputError, digit_from, json_body, label_from
 from .explain import sgd_step
 from .explorer import explore_digit, explore_expression, update_expression
+from .explorer_draw import drawn
 from .expression import ExpressionError
-from .grad_mode import no_grad
-from .nn import MLP
+from .predict import predict_proba
 from .sessions import pages, session_id
-from .tensor import Tensor
 
 DEFAULT_EXPRESSION, DEFAULT_VALUES = "tanh(a*b + c)", {"a": 2.0, "b": -3.0, "c": 10.0}
 MAX_LR = 10.0
@@ -48,11 +46,12 @@ def page() -> str:
 def graph() -> Response:
     body = json_body()
     if _source(body) == "expression":
-        return jsonify(_expression(lambda: explore_expression(body["expression"], body.get("values", {}))))
+        return jsonify(drawn(_expression(lambda: explore_expression(body["expression"],
+                                                                     body.get("values", {})))))
     digit, label, how = _digit(body)
     with pages().sessions.reading(session.get("id")) as model:
         data = explore_digit(model, digit, label)
-    return jsonify({**data, "label_source": how, "test_index": body.get("test_index")})
+    return jsonify({**drawn(data), "label_source": how, "test_index": body.get("test_index")})
 
 
 @graph_page.post("/api/graph/update")
@@ -63,17 +62,17 @@ def update() -> Response:
     lr = _lr(body)
     if _source(body) == "expression":
         step = _expression(lambda: update_expression(body["expression"], body.get("values", {}), lr))
-        graph = _expression(lambda: explore_expression(body["expression"], step["values_after"]))
+        graph = drawn(_expression(lambda: explore_expression(body["expression"], step["values_after"])))
         return jsonify({**step, "graph": graph})
     digit, label, how = _digit(body)
     with pages().sessions.writing(session_id()) as mine:
-        probs_before = _probs(mine, digit)
+        probs_before = predict_proba(mine, digit.reshape(1, -1))[0]
         target = int(np.argmax(probs_before)) if label is None else label
         loss_before = sgd_step(mine, digit, target, lr)
         data = explore_digit(mine, digit, target)
     return jsonify({"lr": lr, "label": target, "loss_before": loss_before, "loss_after": data["loss"],
                     "probs_before": probs_before, "probs_after": data["probs"],
-                    "graph": {**data, "label_source": how, "test_index": body.get("test_index")}})
+                    "graph": {**drawn(data), "label_source": how, "test_index": body.get("test_index")}})
 
 
 def _source(body: dict[str, Any]) -> str:
@@ -119,15 +118,7 @@ def _expression(compute: Callable[[], dict[str, Any]]) -> dict[str, Any]:
 
 def _lr(body: dict[str, Any]) -> float:
     lr = body.get("lr", pages().lr)
-    if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not math.isfinite(lr) \
-            or not 0 < lr <= MAX_LR:
+    # compared, never converted: NaN fails it, and an integer too large for a float
+    if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not 0 < lr <= MAX_LR:
         raise InputError(f'"lr" must be a number in (0, {MAX_LR:g}], got {str(lr)[:40]}')
     return float(lr)
-
-
-@no_grad()
-def _probs(model: MLP, digit: np.ndarray) -> np.ndarray:
-    """The model's ten probabilities for the digit (the engine's forward)."""
-    x = Tensor(np.asarray(digit, model.parameters()[0].dtype).reshape(1, -1))
-    return model(x).softmax(axis=1).data[0]
-

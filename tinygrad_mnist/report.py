@@ -11,6 +11,7 @@ are computed here; the page layout is the Jinja2 template `templates/report.html
 from __future__ import annotations
 
 import base64
+import html
 import os
 import tempfile
 from importlib.resources import files
@@ -28,9 +29,10 @@ from .data import MNIST, load_mnist
 from .explain import Explanation, explain
 from .explain_plot import plot_explanation
 from .explorer import explore_digit
+from .explorer_draw import drawn
 from .files import atomic_write
 from .gradcheck import check_parameters
-from .graph import GraphvizNotFound, draw_graph, loss_graph, render_to
+from .graph import GraphvizNotFound, draw_graph, loss_graph, svg_markup
 from .nn import Module, cross_entropy
 from .predict import first_mistake, predict_proba
 from .run_dir import CHECKPOINT, PICTURES
@@ -130,7 +132,7 @@ def _explorer(model: Module, digit: np.ndarray, why: Explanation) -> dict[str, A
     """The graph explorer's data for the digit `why` explains (against its label), with the
     SGD step `explain` took on a copy of the model as what Update shows."""
     assert why.label is not None and why.after_step is not None  # explained with its label
-    data = explore_digit(model, digit, why.label)
+    data = drawn(explore_digit(model, digit, why.label))
     step = why.after_step
     data.update(label_source="true", update={
         "lr": step.lr, "label": why.label, "loss_before": step.loss_before,
@@ -155,12 +157,7 @@ def _static(name: str, closing: str) -> str:
 
 def _graph_svg(model: Module, data: MNIST, batch: int = 2) -> str:
     """The loss graph of the trained model on two test digits, as inline SVG markup."""
-    loss = loss_graph(model, data.test_x[:batch], data.test_y[:batch])
-    with tempfile.TemporaryDirectory() as tmp:
-        try:
-            svg = render_to(draw_graph(loss), Path(tmp) / "graph.svg").read_text(encoding="utf-8")
-        except GraphvizNotFound:
-            return ('<p class="note">(The graph picture needs the Graphviz <code>dot</code> '
-                    'program: install it with <code>apt-get install graphviz</code> and run '
-                    '<code>tinygrad-mnist report</code> again.)</p>')
-    return svg[svg.index("<svg"):]  # drop the XML prolog and DOCTYPE: not allowed inside HTML
+    try:
+        return svg_markup(draw_graph(loss_graph(model, data.test_x[:batch], data.test_y[:batch])))
+    except GraphvizNotFound as e:
+        return f'<p class="note">({html.escape(str(e))}; then run tinygrad-mnist report again.)</p>'

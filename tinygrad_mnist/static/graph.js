@@ -587,16 +587,18 @@
       return;
     }
     if (!request) return;
-    const lr = Number($("lr").value);
+    const lr = Number($("lr").value), mine = ++asked;  // a later load or update wins
     $("update").disabled = true;
     try {
       const reply = await post("/api/graph/update", {...request, lr});
-      const next = reply.values_after ? {...request, values: reply.values_after} : request;
-      show(reply.graph, next);
-      showUpdate(reply);
-      status("");
+      if (mine === asked) {
+        const next = reply.values_after ? {...request, values: reply.values_after} : request;
+        show(reply.graph, next);
+        showUpdate(reply);
+        status("");
+      }
     } catch (error) {
-      status("Could not update: " + error.message);
+      if (mine === asked) status("Could not update: " + error.message);
     }
     $("update").disabled = false;
   });
