@@ -71,6 +71,7 @@ def digit_from(body: dict[str, Any]) -> np.ndarray:
 
 
 def pixels_from(rows: Any) -> np.ndarray:
+    """28 rows of 28 numbers in [0, 1] as a float32 digit, each row and value checked."""
     expected = f'"pixels" must be {SIDE} rows of {SIDE} numbers in [0, 1] (white digit on black)'
     if not isinstance(rows, list) or len(rows) != SIDE:
         got = f"{len(rows)} rows" if isinstance(rows, list) else f"a JSON {_kind(rows)}"
@@ -129,6 +130,7 @@ def png_from(url: Any) -> np.ndarray:
 
 
 def label_from(body: dict[str, Any]) -> int:
+    """The body's "label", an integer digit from 0 to 9."""
     label = body.get("label")
     if isinstance(label, bool) or not isinstance(label, int) or not 0 <= label <= 9:
         raise InputError(f'"label" must be an integer from 0 to 9, got {json.dumps(label)[:40]}')

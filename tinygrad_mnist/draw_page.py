@@ -19,7 +19,7 @@ from .predict import predict_proba
 from .sessions import pages, session_id
 from .workers import prediction_reply
 
-HELD_OUT = 1000  # test digits a teach is checked on: the last ones, which no page shows
+HELD_OUT = 1000  # test digits a teach is checked on: the last ones, which the draw page never shows
 
 draw_page = Blueprint("draw_page", __name__)
 

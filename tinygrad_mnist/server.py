@@ -19,6 +19,7 @@ forward and backward.
 """
 from __future__ import annotations
 
+import ipaddress
 import json
 import logging
 import secrets
@@ -118,9 +119,11 @@ def create_app(model: MLP, lr: float = TEACH_LR, max_sessions: int = 32,
 
 
 def _one_per_core(wsgi_app: Any, computing: threading.BoundedSemaphore) -> Any:
-    """The app, handling at most one POST per core at a time (see Pages.computing)."""
+    """The app, handling at most one computing POST per core at a time (see Pages.computing).
+    The live run's controls only wait for its trainer thread, so they take no lane."""
     def app(environ: dict[str, Any], start_response: Any) -> Any:
-        if environ.get("REQUEST_METHOD") != "POST":
+        if environ.get("REQUEST_METHOD") != "POST" or \
+                environ.get("PATH_INFO", "").startswith("/api/train/"):
             return wsgi_app(environ, start_response)
         with computing:
             return wsgi_app(environ, start_response)
@@ -174,7 +177,29 @@ def answered_hosts(host: str, allow_host: tuple[str, ...] = ()) -> tuple[str, ..
             names += socket.gethostbyname_ex(name)[2]
         except OSError:
             pass
+        try:  # the address other machines reach (the name may map to 127.0.1.1 only);
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:  # nothing is sent
+                probe.connect(("192.0.2.1", 9))
+                names.append(probe.getsockname()[0])
+        except OSError:  # no network
+            pass
     return tuple(dict.fromkeys(n for n in names if n and n not in ("0.0.0.0", "::")))
+
+
+def one_address(host: str) -> str:
+    """The one address to bind for `host`: a name such as localhost may resolve to several
+    (127.0.0.1 and ::1), and waitress would then bind each with a server of another kind."""
+    try:
+        ipaddress.ip_address(host)
+        return host
+    except ValueError:
+        pass
+    try:
+        found = socket.getaddrinfo(host, None, type=socket.SOCK_STREAM)
+    except socket.gaierror as e:
+        raise OSError(f"cannot serve on {host!r}: no such host name ({e.strerror})") from None
+    found.sort(key=lambda info: info[0] != socket.AF_INET)  # IPv4 first, as browsers try it
+    return str(found[0][4][0])
 
 
 def make_server(app: Flask, host: str = "127.0.0.1", port: int = 8000) -> Any:
@@ -201,7 +226,7 @@ def make_server(app: Flask, host: str = "127.0.0.1", port: int = 8000) -> Any:
     class Channel(HTTPChannel):
         error_task_class = JSONErrorTask
 
-    server = create_server(app, host=host, port=port, threads=THREADS, ident="tinygrad-mnist",
+    server = create_server(app, host=one_address(host), port=port, threads=THREADS, ident="tinygrad-mnist",
                            channel_timeout=IDLE_TIMEOUT, cleanup_interval=2,
                            max_request_body_size=MAX_BODY,
                            max_request_header_size=MAX_HEADER, asyncore_use_poll=True,
@@ -217,10 +242,10 @@ def serve(checkpoint: str | Path, host: str = "127.0.0.1", port: int = 8000,
     if not 0 <= port <= 65535:
         raise ValueError(f"port must be in 0..65535 (0 = any free port), got {port}")
     hosts = answered_hosts(host, allow_host)
-    model = load_checkpoint(checkpoint).model
-    workers = Workers(checkpoint, cores())
+    model = load_checkpoint(checkpoint).model  # create_app puts it in eval mode, as workers do
+    workers = Workers(model, cores())
     # Request threads mostly wait (for a socket, a worker's pipe): a shorter switch interval
-    # than Python's 5 ms lets a woken one take the interpreter lock back sooner.
+    # than Python's default lets a woken one take the interpreter lock back sooner.
     sys.setswitchinterval(0.0005)
     try:
         app = create_app(model, max_sessions=max_sessions, allowed_hosts=hosts,
@@ -230,7 +255,7 @@ def serve(checkpoint: str | Path, host: str = "127.0.0.1", port: int = 8000,
         workers.close()
         raise
     logging.getLogger("waitress").setLevel(logging.ERROR)  # not a line per queued request
-    shown = "127.0.0.1" if host in ("0.0.0.0", "::") else host
+    shown = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(host, host)
     url = f"http://{f'[{shown}]' if ':' in shown else shown}:{server.effective_port}/"
     print(f"serving {checkpoint}: open {url} in a browser (Ctrl+C stops)", flush=True)
     if host not in ("127.0.0.1", "localhost", "::1"):

@@ -4,9 +4,11 @@ when first needed), and how many requests may run the engine at once.
 from __future__ import annotations
 
 import copy
+import math
 import os
 import secrets
 import threading
+import time
 from collections import OrderedDict
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -20,6 +22,7 @@ from .data import MNIST, load_mnist
 from .nn import MLP
 from .workers import Workers
 
+MNIST_RETRY = 5.0  # seconds between two tries to load MNIST while it is missing
 TEACH_LR = 0.01  # one step of 0.1 on a single digit overshoots: most digits then get its label
 
 
@@ -29,7 +32,7 @@ class Sessions:
     model, which is only ever read, so they need no lock; a copy has its own lock, which a
     reader and a writer of that one copy take in turn."""
 
-    def __init__(self, base: MLP, limit: int):
+    def __init__(self, base: MLP, limit: int) -> None:
         self.base, self.limit = base, limit
         self._copies: OrderedDict[str, tuple[MLP, threading.Lock]] = OrderedDict()
         self._lock = threading.Lock()  # guards the dictionary, never held while computing
@@ -51,12 +54,16 @@ class Sessions:
     def writing(self, sid: str) -> Iterator[MLP]:
         """The browser's own copy (made now if it has none), locked for the block."""
         with self._lock:
-            if sid not in self._copies:
-                self._copies[sid] = (copy.deepcopy(self.base), threading.Lock())
+            own = self._copies.get(sid)
+            if own is not None:
+                self._copies.move_to_end(sid)
+        if own is None:  # copied outside the lock, which other browsers' requests need
+            fresh = (copy.deepcopy(self.base), threading.Lock())
+            with self._lock:  # (unless this browser's other request made one meanwhile)
+                own = self._copies.setdefault(sid, fresh)
+                self._copies.move_to_end(sid)
                 while len(self._copies) > self.limit:
                     self._copies.popitem(last=False)
-            self._copies.move_to_end(sid)
-            own = self._copies[sid]
         with own[1]:
             yield own[0]
 
@@ -75,6 +82,7 @@ class Sessions:
             return (sid or "") in self._copies
 
     def reset(self, sid: str | None) -> None:
+        """Forget this browser's own copy: it uses the served model again."""
         with self._lock:
             self._copies.pop(sid or "", None)
 
@@ -99,15 +107,18 @@ class Pages:
     computing: threading.BoundedSemaphore = field(
         default_factory=lambda: threading.BoundedSemaphore(cores()))
     _mnist: MNIST | None = field(default=None, repr=False)
-    _mnist_error: str | None = field(default=None, repr=False)
+    _mnist_error: str = field(default="", repr=False)
+    _mnist_tried: float = field(default=-math.inf, repr=False)
     _mnist_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def mnist(self) -> MNIST:
         """MNIST, loaded once, on first use, from `serve --data-dir` (else $TINYGRAD_MNIST_DATA,
         else the user cache; never downloaded by a request); an InputError saying how to get
-        it when it is not there."""
+        it when it is not there. Tried again every MNIST_RETRY seconds, so that data fetched
+        while the server runs is found without a restart."""
         with self._mnist_lock:
-            if self._mnist is None and self._mnist_error is None:
+            if self._mnist is None and time.monotonic() - self._mnist_tried >= MNIST_RETRY:
+                self._mnist_tried = time.monotonic()
                 try:
                     self._mnist = load_mnist(self.data_dir, download=False,
                                              data_dir_name="--data-dir")
@@ -133,6 +144,7 @@ def cores() -> int:
 
 
 def pages() -> Pages:
+    """What the pages share, for the app handling this request."""
     return current_app.extensions["tinygrad_mnist"]
 
 

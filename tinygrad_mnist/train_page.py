@@ -104,8 +104,8 @@ SETTINGS: dict[str, Setting] = {
                       lambda v: isinstance(v, list) and len(v) <= MAX_LAYERS
                       and all(integer(1, MAX_WIDTH).ok(h) for h in v)),
     "lr": Setting(f"a number greater than 0 and at most {MAX_LR:g}",
-                  lambda v: isinstance(v, (int, float)) and not isinstance(v, bool)
-                  and math.isfinite(v) and 0 < v <= MAX_LR),
+                  # compared, never converted: NaN fails it, and an integer too large for a float
+                  lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and 0 < v <= MAX_LR),
     "optimizer": choice("sgd", "adam"),
     "batch_size": integer(1, MAX_BATCH),
     "epochs": integer(1, MAX_EPOCHS),

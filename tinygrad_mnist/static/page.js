@@ -221,14 +221,7 @@ function wrap(child) {
 }
 
 $("clear").addEventListener("click", () => {
-  // the graph explorer (/graph) shows this drawing when it is opened from here, in this tab
-$("to-graph").addEventListener("click", () => {
-  try {
-    if (inked) sessionStorage.setItem("tinygrad_mnist.drawing", canvas.toDataURL("image/png"));
-    else sessionStorage.removeItem("tinygrad_mnist.drawing");
-  } catch (error) { /* storage turned off: the explorer opens on a test digit */ }
-});
-clearCanvas();
+  clearCanvas();
   ++asked;
   busy(false);
   $("prediction").textContent = "?";

@@ -157,10 +157,23 @@ $("train-save").addEventListener("click", async () => {
 
 // ------------------------------------------------------------------ events
 
+// whether the run `run` is this browser's: asked again when a reconnected stream brings
+// another run than before (one started elsewhere in the meantime)
+async function refreshOwner(run) {
+  try {
+    const now = await (await fetch("/api/train/state")).json();
+    if (now.run === run && runId === run) {
+      yours = now.yours;
+      updateButtons();
+    }
+  } catch (err) { /* the next connection asks again */ }
+}
+
 function onEvent(e) {
   if (e.settings) {  // the first event of a connection: the whole run so far
-    if (e.run !== runId && cur.x.length) {
-      prev = {x: cur.x, loss: cur.loss, label: cur.label};
+    if (e.run !== runId) {
+      if (cur.x.length) prev = {x: cur.x, loss: cur.loss, label: cur.label};
+      refreshOwner(e.run);
     }
     runId = e.run;
     cur = emptyRun();
