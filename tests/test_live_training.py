@@ -112,8 +112,10 @@ def test_pause_holds_the_step_step_takes_one_batch_and_resume_goes_on(runs, data
     images = np.frombuffer(base64.b64decode(result["images"]), np.uint8)
     assert images.shape == (16 * 784,)
     assert result["tiles_before"] != result["tiles_after"] and result["change_scale"] > 0
-    run.pause(False)
+    assert run.pause(False)["state"] == "running"  # what the page's button then says
     read(stream, lambda e: e["step"] > held + 10)
+    assert run.step_one()["state"] == "paused"  # a step asked of a running run pauses it
+    assert run.pause(False)["state"] == "running"
 
 
 def test_stop_ends_the_stream(runs, data):
@@ -238,6 +240,7 @@ def test_presets_have_settings_and_what_to_watch_for(client):
     ({"lr": 11}, '"lr" must be'),
     ({"lr": "0.1"}, '"lr" must be'),
     ('{"lr": NaN}', '"lr" must be a number greater than 0 and at most 10; got nan'),
+    ('{"lr": 1' + "0" * 400 + "}", '"lr" must be a number greater than 0 and at most 10; got 1000'),
     ({"optimizer": "rmsprop"}, "\"optimizer\" must be 'sgd' or 'adam'"),
     ({"batch_size": 0}, '"batch_size" must be an integer from 1 to 1024'),
     ({"batch_size": True}, '"batch_size" must be'),

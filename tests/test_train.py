@@ -69,6 +69,25 @@ def test_same_seed_same_numbers_and_other_seed_differs(mnist, tmp_path):
     assert not np.array_equal(a["layers.0.weight"], c["layers.0.weight"])
 
 
+def test_each_dropout_layer_draws_its_own_masks(mnist, tmp_path, monkeypatch):
+    """Two Dropout layers of one width must not drop the same units: each gets its own
+    stream, and the first keeps the stream runs had before (so old stopped runs resume)."""
+    from tinygrad_mnist import seeding
+    asked = []
+
+    def spy(seed, epoch, layer=0):
+        asked.append((seed, epoch, layer))
+        return seeding.dropout_rng(seed, epoch, layer)
+
+    monkeypatch.setattr(train_module, "dropout_rng", spy)
+    config = TrainConfig(epochs=1, dropout=0.5, **{**SMALL, "hidden": (32, 32), "train_limit": 256})
+    train(config, tmp_path / "run", data=mnist, progress=False, log=quiet)
+    assert asked == [(0, 0, 0), (0, 0, 1)]
+    first, second = (seeding.dropout_rng(0, 0, k).random(32) for k in (0, 1))
+    assert not np.array_equal(first, second)
+    np.testing.assert_array_equal(first, np.random.default_rng([0, 0, 1]).random(32))
+
+
 def _signal_at_call(monkeypatch, n, signum=signal.SIGINT):
     """Send this process `signum` during the n-th loss computation, as Ctrl-C or `kill` would."""
     real, calls = train_module.cross_entropy, {"n": 0}

@@ -127,8 +127,8 @@ class LiveRun:
             self._check_alive("pause" if paused else "resume")
             self._want_pause = paused
             self._cond.notify_all()
-            if paused:
-                self._cond.wait_for(lambda: self.state not in ("starting", "running"), timeout)
+            was = ("starting", "running") if paused else ("paused",)  # until the trainer acts
+            self._cond.wait_for(lambda: self.state not in was, timeout)
         return self.status()
 
     def step_one(self, timeout: float = 30) -> dict[str, Any]:
@@ -151,6 +151,7 @@ class LiveRun:
         return self.join(timeout)
 
     def join(self, timeout: float | None = None) -> dict[str, Any]:
+        """Wait for the trainer's thread to end; the run's status then."""
         if self._thread.is_alive():  # the trainer's thread ends (or the timeout passes)
             self._thread.join(timeout)
         return self.status()
@@ -189,6 +190,7 @@ class LiveRun:
         return path
 
     def status(self) -> dict[str, Any]:
+        """Which run, its state (and why it ended), and where it is: what every control replies."""
         return {"run": self.id, "state": self.state, "reason": self.reason, "step": self.step,
                 "epoch": self.epoch, "epochs": self.config.epochs, "preset": self.preset}
 
@@ -216,8 +218,8 @@ class LiveRun:
         """One epoch, step by step as `train` takes it; False when the run stops in it."""
         config, model, x, y = self.config, self.model, self._x, self._y
         model.train()
-        for m in self._dropouts:
-            m.rng = dropout_rng(config.seed, epoch)
+        for layer, m in enumerate(self._dropouts):
+            m.rng = dropout_rng(config.seed, epoch, layer)
         order = epoch_order(config.seed, epoch, len(x))
         moves = epoch_moves(config.augment, config.seed, epoch, len(x), config.shift)
         starts = range(0, len(x), config.batch_size)
@@ -279,6 +281,7 @@ class LiveRun:
                 if not self._want_pause:
                     if self.state != "running":
                         self.state, self._next_publish = "running", 0.0
+                        self._cond.notify_all()
                     return "run"
                 if self.state != "paused":
                     self.state = "paused"
@@ -363,7 +366,8 @@ class LiveRun:
                   "tiles_change": tiles_b64(change, np.abs(change).max()),
                   "change_scale": float(np.abs(change).max()), "weight_scale": float(np.abs(after).max())}
         with self._cond:
-            self._step_result, self.state = result, "paused"
+            self.state = result["state"] = "paused"
+            self._step_result = result
 
     def _publish(self) -> None:
         """Make the latest numbers what pages read (the caller holds `_cond`)."""

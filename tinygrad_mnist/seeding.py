@@ -15,9 +15,11 @@ def epoch_order(seed: int, epoch: int, n: int) -> np.ndarray:
     return np.random.default_rng([seed, epoch]).permutation(n)
 
 
-def dropout_rng(seed: int, epoch: int) -> np.random.Generator:
-    """The generator of an epoch's dropout masks (one per Dropout layer, in model order)."""
-    return np.random.default_rng([seed, epoch, 1])
+def dropout_rng(seed: int, epoch: int, layer: int = 0) -> np.random.Generator:
+    """The generator of an epoch's dropout masks in the model's `layer`-th Dropout layer (its
+    own, so two layers of one width do not drop the same units; layer 0's stream is the one
+    runs had before layers got their own)."""
+    return np.random.default_rng([seed, epoch, 1, layer])
 
 
 def augment_rng(seed: int, epoch: int) -> np.random.Generator:

@@ -206,8 +206,8 @@ def _train_epoch(model: Module, optimizer: Optimizer, config: TrainConfig, epoch
     start = time.perf_counter()
     model.train()
     dropouts = list(_dropouts(model))
-    for m in dropouts:
-        m.rng = dropout_rng(config.seed, epoch)
+    for layer, m in enumerate(dropouts):
+        m.rng = dropout_rng(config.seed, epoch, layer)
     order = epoch_order(config.seed, epoch, len(x))
     moves = epoch_moves(config.augment, config.seed, epoch, len(x), config.shift)
     batches = range(0, len(x), config.batch_size)
