@@ -183,3 +183,5 @@ def test_augmentation_kinds_and_their_refusals():
         epoch_moves("rotate", 0, 0, 5, 2)
     with pytest.raises(ValueError, match=r"moves of shape \(3, 7\)"):
         distort(np.zeros((3, 784), np.float32), np.zeros((3, 2)), "affine")
+    with pytest.raises(TypeError, match="affine distortion needs float images .* got uint8"):
+        distort(np.zeros((3, 784), np.uint8), epoch_moves("affine", 0, 0, 3, 2), "affine")

@@ -18,6 +18,13 @@ def test_bad_config_is_refused(bad):
         TrainConfig(**bad)
 
 
+def test_a_bad_setting_is_named_with_its_value_alone():
+    with pytest.raises(ValueError, match=r"^bad training config: lr must be .*\(got -1.0\)$"):
+        TrainConfig(lr=-1.0)
+    with pytest.raises(ValueError, match=r"hidden must be a list of layer sizes.*\(got 512\)$"):
+        TrainConfig(hidden=512)
+
+
 def test_config_takes_numpy_numbers_and_stores_plain_ones(tmp_path):
     config = TrainConfig(hidden=np.array([8]), epochs=np.int64(2), lr=np.float32(0.5))
     assert config.hidden == (8,) and type(config.hidden[0]) is int and type(config.epochs) is int

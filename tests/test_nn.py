@@ -205,6 +205,20 @@ def test_train_and_eval_reach_every_submodule():
     assert not any(m.training for m in modules)
 
 
+def test_predict_proba_only_reads_the_model():
+    """A model in training mode with dropout predicts as in eval mode, and stays as it was:
+    the server's threads share one model, so nothing may switch its mode under another."""
+    from tinygrad_mnist.predict import predict_proba
+    model = MLP([784, 32, 10], dropout=0.5, seed=0)
+    x = np.random.default_rng(0).random((5, 784))  # float64: cast to the model's float32
+    probs = predict_proba(model, x)
+    assert model.training and all(m.training for _, m in model.named_modules())
+    with no_grad():
+        expected = model.eval()(Tensor(x.astype(np.float32))).softmax(axis=1).data
+    np.testing.assert_array_equal(probs, expected)
+    assert probs.dtype == np.float32
+
+
 def test_state_dict_returns_copies():
     model = MLP([6, 4, 3], seed=0)
     before = [p.data.copy() for p in model.parameters()]

@@ -4,8 +4,8 @@ An MLP memorises MNIST's 55,000 training digits; small random distortions make e
 digits new ones, the classic cure (Simard et al. 2003). Each is what a hand might do to the
 same digit, so the label stays true:
 - "shift": move it by up to `max_shift` whole pixels each way;
-- "affine": also turn it a little, scale it, shear (slant) it, moving it by a fraction of a
-  pixel too;
+- "affine": also turn it a little, scale it and shear (slant) it, and move it by up to
+  `max_shift` pixels (not only whole ones);
 - "elastic": also bend it along a smooth random displacement field, as a hand wobbles;
 - "none": the digits as they are.
 
@@ -114,6 +114,9 @@ def distort(images: np.ndarray, moves: np.ndarray, kind: str) -> np.ndarray:
     images, moves = np.asarray(images), np.asarray(moves)
     if images.ndim not in (2, 3) or images.shape[1:] not in ((SIDE * SIDE,), (SIDE, SIDE)):
         raise ValueError(f"expected images of shape (N, 784) or (N, 28, 28), got {images.shape}")
+    if images.dtype.kind != "f":  # turning a digit blends neighbouring pixels: fractions
+        raise TypeError(f"{kind} distortion needs float images (as load_mnist gives, 0 to 1), "
+                        f"got {images.dtype}")
     n = len(images)
     if moves.shape != (n, 7):
         raise ValueError(f"expected moves of shape ({n}, 7) for {n} images, got {moves.shape}")

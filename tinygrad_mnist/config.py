@@ -104,7 +104,8 @@ class TrainConfig:
                                                             "only (a quick run)"))
     shift: int = _setting(2, integer(0, MAX_SHIFT, "move each training digit by a random 0 "
                                                     "to SHIFT pixels each way, anew every epoch "
-                                                    "(augmentation; 0 turns it off)"))
+                                                    "(0: no move; --augment none turns "
+                                                    "augmentation off)"))
     augment: str = _setting("affine", choice(*KINDS, help="how else each training digit is "
                                                          "distorted every epoch: shift only, "
                                                          "affine (also turned, scaled and "
@@ -112,6 +113,9 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         # plain Python numbers (not NumPy scalars), so that the config is JSON in checkpoints
+        if not isinstance(self.hidden, (tuple, list, np.ndarray)):
+            raise ValueError(f"bad training config: hidden must be a list of layer sizes, "
+                             f"e.g. (512, 256) (got {self.hidden!r})")
         self.hidden = tuple(_plain(h) for h in self.hidden)
         for f in fields(self):
             value = _plain(getattr(self, f.name))
@@ -120,7 +124,7 @@ class TrainConfig:
             setting: Setting = f.metadata["setting"]
             if not (setting.ok(value) or (f.name == "train_limit" and value is None)):
                 raise ValueError(f"bad training config: {f.name} must be {setting.what} "
-                                 f"(got {self})")
+                                 f"(got {value!r})")
             setattr(self, f.name, value)
 
 

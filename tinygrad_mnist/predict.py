@@ -11,12 +11,12 @@ from .tensor import Tensor
 
 @no_grad()
 def predict_proba(model: Module, x: np.ndarray, batch_size: int = 2000) -> np.ndarray:
-    """Class probabilities (N, 10), in eval mode and without recording a graph."""
-    was_training = model.training
-    model.eval()
-    probs = [model(Tensor(x[i:i + batch_size])).softmax(axis=1).data
+    """Class probabilities (N, 10), in eval mode and without recording a graph. The model is
+    only read (an eval-mode twin runs), so threads may share it; `x` is cast to its dtype."""
+    twin = model.frozen().eval()
+    dtype = model.parameters()[0].dtype
+    probs = [twin(Tensor(np.asarray(x[i:i + batch_size], dtype))).softmax(axis=1).data
              for i in range(0, len(x), batch_size)]
-    model.train(was_training)
     return np.concatenate(probs) if probs else np.zeros((0, 10), np.float32)
 
 
