@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from .serve_latency import default_checkpoint, payload, start_server
-from .train_speed import add_io_flags
+from .train_speed import add_io_flags, write_results
 
 P50_TARGET_MS = 150.0  # POST /api/graph, the default model, a digit
 INTERACTIVE_TARGET_MS = 1000.0  # navigation start to an interactive explorer
@@ -167,11 +167,8 @@ def main(argv: list[str] | None = None) -> int:
               "machine": f"{platform.machine()}, {os.cpu_count()} cores, Python "
                          f"{platform.python_version()}", "payloads": measured, "page": page}
     result["targets"] = targets(result)
-    text = report(result)
-    print(text)
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "graph_latency.json").write_text(json.dumps(result, indent=2) + "\n")
-    (args.out / "graph_latency.md").write_text(text)
+    write_results(args.out, "graph_latency", result, report(result))
     return 0
 
 

@@ -36,7 +36,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from .train_speed import ROOT, THREAD_VARS, add_io_flags
+from .train_speed import ROOT, THREAD_VARS, add_io_flags, write_results
 
 # the targets for the default model
 P50_TARGET_MS = 8.0  # at concurrency 1
@@ -192,6 +192,8 @@ def soak(port: int, pid: int, kind: str, seconds: float, sessions: int) -> dict[
     for t in threads:
         t.start()
     time.sleep(min(10.0, seconds / 4))  # warm-up: every browser has made its own copy
+    with lock:  # requests are counted from here, over `seconds`; errors over the whole soak
+        counts["predict"] = counts["teach"] = 0
     memory = [rss_mb(pid)]
     time.sleep(seconds / 2)
     memory.append(rss_mb(pid))
@@ -220,8 +222,9 @@ def report(result: dict[str, Any]) -> str:
     s = result.get("soak")
     if s:
         lines += ["", (f"Soak: {s['sessions']} browsers drawing and teaching at once for "
-                       f"{s['seconds']:g} s: {s['predict']:,} predictions and {s['teach']:,} "
-                       f"teaches, {s['errors']} errors; RSS of the server and its workers "
+                       f"{s['seconds']:g} s after a warm-up: {s['predict']:,} predictions and "
+                       f"{s['teach']:,} teaches, {s['errors']} errors (warm-up included); RSS of "
+                       f"the server and its workers "
                        f"{' / '.join(f'{m:.0f}' for m in s['rss_mb'])} MB after the warm-up, "
                        f"in the middle and at the end.")]
     return "\n".join(lines) + "\n"
@@ -272,11 +275,8 @@ def main(argv: list[str] | None = None) -> int:
               "machine": f"{platform.machine()}, {os.cpu_count()} cores, Python "
                          f"{platform.python_version()}", "levels": levels, "soak": soaked,
               "targets": targets(levels, soaked)}
-    text = report(result)
-    print(text)
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "serve_latency.json").write_text(json.dumps(result, indent=2) + "\n")
-    (args.out / "serve_latency.md").write_text(text)
+    write_results(args.out, "serve_latency", result, report(result))
     return 0
 
 
