@@ -41,7 +41,7 @@ def main() -> None:
     loss.name = "loss"
     loss.backward()
     draw_graph(loss, path=out / "mlp_graph.gv")
-    print(f"   DOT source in {out / 'mlp_graph.gv'} (render: tinygrad-mnist graph --out graph.svg)")
+    print(f"   DOT source in {out / 'mlp_graph.gv'} (render: dot -Tsvg {out / 'mlp_graph.gv'} -o graph.svg)")
 
     print(f"3. Training the MLP 784-512-256-10 for {args.epochs} epochs.")
     config = TrainConfig(epochs=args.epochs)

@@ -113,7 +113,7 @@ OPS = (
          Case("large and small x: −30, −5, 0, 5, 10", (np.array([-30.0, -5.0, 0.0, 5.0, 10.0]),)),
          Case("x (): a single number", (np.array(0.3),))),
         (("d/dx eˣ = eˣ: multiply g by the output (out), not by x", lambda g, out, x: (g * x,)),
-         ("d/dx eˣ = eˣ, with no extra factor x (that would be the power rule)",
+         ("d/dx eˣ = eˣ, with no extra factor x",
           lambda g, out, x: (g * out * x,)),
          ("the local derivative eˣ is missing: you passed g through unchanged", lambda g, out, x: (g,)))),
     OpExercise(

@@ -2,7 +2,7 @@
 
 `explain` runs a digit (prepared by `digit_image.prepare_digit`) through the model layer by
 layer and backpropagates, all with the engine's Tensor and backward: nothing here
-differentiates by hand. Computing only: the pictures are drawn by `plots.plot_explanation`.
+differentiates by hand. Computing only: the pictures are drawn by `explain_plot.plot_explanation`.
 """
 from __future__ import annotations
 
