@@ -40,6 +40,21 @@ def require_module(name: str, what: str) -> ModuleType:
     return module
 
 
+def require_python3_kernel() -> None:
+    """nbclient, ipykernel and the python3 Jupyter kernel, under the rule of `require`."""
+    try:
+        import nbclient  # noqa: F401
+        from jupyter_client.kernelspec import KernelSpecManager, NoSuchKernel
+    except ImportError:
+        require(False, "nbclient and ipykernel (pip install nbclient ipykernel)")
+    try:
+        KernelSpecManager().get_kernel_spec("python3")
+        has_kernel = True
+    except NoSuchKernel:
+        has_kernel = False
+    require(has_kernel, "the python3 Jupyter kernel (pip install ipykernel)")
+
+
 @pytest.fixture(scope="session")
 def tf():
     return require_module("tensorflow", "TensorFlow (pip install tensorflow-cpu)")

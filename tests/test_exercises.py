@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # conftest, also when run as a script
-from conftest import ROOT, require, require_module  # noqa: E402
+from conftest import ROOT, require_module, require_python3_kernel  # noqa: E402
 
 sys.path.insert(0, str(ROOT / "demos"))  # the answer key lives beside the notebook, not in the package
 import exercise_solutions as answers  # noqa: E402
@@ -288,18 +288,8 @@ def nbformat():
 @pytest.fixture(scope="module", params=["with solutions", "with blanks"])
 def executed(request, nbformat, tmp_path_factory):
     """The notebook after a fresh run, with or without its cells tagged `solution`."""
-    try:
-        from jupyter_client.kernelspec import KernelSpecManager, NoSuchKernel
-        from nbclient import NotebookClient
-    except ImportError:
-        KernelSpecManager = None
-    require(KernelSpecManager is not None, "nbclient and ipykernel (pip install nbclient ipykernel)")
-    try:
-        KernelSpecManager().get_kernel_spec("python3")
-        has_kernel = True
-    except NoSuchKernel:
-        has_kernel = False
-    require(has_kernel, "the python3 Jupyter kernel (pip install ipykernel)")
+    require_python3_kernel()
+    from nbclient import NotebookClient
 
     nb = nbformat.read(NOTEBOOK, as_version=4)
     if request.param == "with blanks":

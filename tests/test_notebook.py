@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # conftest, also when run as a script
-from conftest import ROOT, require, require_module  # noqa: E402
+from conftest import ROOT, require_module, require_python3_kernel  # noqa: E402
 
 NOTEBOOK = ROOT / "demos" / "tutorial.ipynb"
 MAX_BYTES = 1_500_000  # it must stay readable on a code host
@@ -26,18 +26,8 @@ def nbformat():
 @pytest.fixture(scope="module")
 def executed(nbformat, mnist_dir, dot_binary, tmp_path_factory):
     """The notebook after a fresh run (the committed file is left as it is)."""
-    try:
-        from jupyter_client.kernelspec import KernelSpecManager, NoSuchKernel
-        from nbclient.exceptions import CellExecutionError
-    except ImportError:
-        KernelSpecManager = None
-    require(KernelSpecManager is not None, "nbclient and ipykernel (pip install nbclient ipykernel)")
-    try:
-        KernelSpecManager().get_kernel_spec("python3")
-        has_kernel = True
-    except NoSuchKernel:
-        has_kernel = False
-    require(has_kernel, "the python3 Jupyter kernel (pip install ipykernel)")
+    require_python3_kernel()
+    from nbclient.exceptions import CellExecutionError
 
     nb = nbformat.read(NOTEBOOK, as_version=4)
     mp = pytest.MonkeyPatch()
