@@ -61,14 +61,6 @@ function endStroke() {
 canvas.addEventListener("pointerup", endStroke);
 canvas.addEventListener("pointercancel", endStroke);
 
-async function post(path, body) {
-  const reply = await fetch(path, {method: "POST", headers: {"Content-Type": "application/json"},
-                                   body: JSON.stringify(body || {})});
-  const data = await reply.json();
-  if (!reply.ok) throw new Error(data.error || reply.statusText);
-  return data;
-}
-
 function status(text) { $("status").textContent = text; }
 
 // data-busy on #prediction: "1" while the answer to the latest drawing is still on its way

@@ -20,14 +20,6 @@ function emptyRun() {
 
 // ------------------------------------------------------------------ talking to the server
 
-async function post(path, body) {
-  const reply = await fetch(path, {method: "POST", headers: {"Content-Type": "application/json"},
-                                   body: JSON.stringify(body || {})});
-  const data = await reply.json();
-  if (!reply.ok) throw new Error(data.error || reply.statusText);
-  return data;
-}
-
 function message(text, isError) {
   const m = $("message");
   m.textContent = text;
