@@ -51,7 +51,7 @@ def graph() -> Response:
     digit, label, how = _digit(body)
     with pages().sessions.reading(session.get("id")) as model:
         data = explore_digit(model, digit, label)
-    return jsonify({**drawn(data), "label_source": how, "test_index": body.get("test_index")})
+    return jsonify(_digit_graph(data, how, body))
 
 
 @graph_page.post("/api/graph/update")
@@ -72,7 +72,7 @@ def update() -> Response:
         data = explore_digit(mine, digit, target)
     return jsonify({"lr": lr, "label": target, "loss_before": loss_before, "loss_after": data["loss"],
                     "probs_before": probs_before, "probs_after": data["probs"],
-                    "graph": {**drawn(data), "label_source": how, "test_index": body.get("test_index")}})
+                    "graph": _digit_graph(data, how, body)})
 
 
 def _source(body: dict[str, Any]) -> str:
@@ -105,6 +105,11 @@ def _digit(body: dict[str, Any]) -> tuple[np.ndarray, int | None, str]:
     if label is None:
         return data.test_x[i], int(data.test_y[i]), "true"
     return data.test_x[i], label, "given"
+
+
+def _digit_graph(data: dict[str, Any], how: str, body: dict[str, Any]) -> dict[str, Any]:
+    """A digit's explorer data as the page takes it: drawn, with where its label came from."""
+    return {**drawn(data), "label_source": how, "test_index": body.get("test_index")}
 
 
 def _expression(compute: Callable[[], dict[str, Any]]) -> dict[str, Any]:

@@ -218,9 +218,8 @@ def start() -> Response:
     run = _runs().start(config, pages().mnist(), preset=preset, owner=session_id(),
                         reader_timeout=_limit(READER_TIMEOUT_KEY, READER_TIMEOUT),
                         max_seconds=_limit(MAX_SECONDS_KEY, MAX_SECONDS))
-    settings = {"hidden": list(config.hidden), "lr": config.lr, "optimizer": config.optimizer,
-                "batch_size": config.batch_size, "epochs": config.epochs}
-    return jsonify({"run": run.id, "preset": preset, "settings": settings})
+    return jsonify({"run": run.id, "preset": preset,
+                    "settings": {key: getattr(config, key) for key in SETTINGS}})
 
 
 def _run() -> LiveRun:
