@@ -90,8 +90,8 @@ class EngineTrainer:
         self.load(params)
 
     def step(self, x, y):
-        loss = cross_entropy(self.model(Tensor(x)), y)
         self.opt.zero_grad()
+        loss = cross_entropy(self.model(Tensor(x)), y)
         loss.backward()
         self.opt.step()
 

@@ -82,6 +82,16 @@ class Scope(str):
         return scope
 
 
+def push_scope(label: str, owner: object = None) -> Token:
+    """Open a name scope in this thread without a context-manager object: nn.Module's call
+    does it for every layer of every forward pass. `pop_scope(token)` closes it."""
+    return _scope.set(_scope.get() + (Scope(label, owner),))
+
+
+def pop_scope(token: Token) -> None:
+    _scope.reset(token)
+
+
 class name_scope(_Setting):
     """Label the ops recorded inside (nestable, per thread), so the graph picture can box them
     together, e.g. every op of one Linear layer in a cluster called "Linear(784→128)".

@@ -235,6 +235,7 @@ class LiveRun:
             before = self._tiles() if turn == "capture" else None
             with self._model_lock:
                 self.optimizer.lr = self._schedule(epoch + step / len(starts))
+                self.optimizer.zero_grad()
                 logits = model(Tensor(batch))
                 loss = cross_entropy(logits, y[idx])
                 value = loss.item()
@@ -244,7 +245,6 @@ class LiveRun:
                                     f"overflowed. The learning rate ({config.lr:g}) is far too "
                                     f"high; the run stopped.")
                     return False
-                self.optimizer.zero_grad()
                 loss.backward()
                 self.optimizer.step()
                 hits = int((logits.data.argmax(axis=1) == y[idx]).sum())

@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from .grad_mode import name_scope
+from .grad_mode import pop_scope, push_scope
 from .ops import Affine, CrossEntropy
 from .tensor import Tensor, _const
 
@@ -27,8 +27,11 @@ class Module:
         label = self.scope_label()
         if label is None:
             return self.forward(*args)
-        with name_scope(label, owner=self):  # lets the graph picture box this module's ops
+        token = push_scope(label, owner=self)  # lets the graph picture box this module's ops
+        try:
             return self.forward(*args)
+        finally:
+            pop_scope(token)
 
     def scope_label(self) -> str | None:
         """The label of this module's box in the graph picture; None for no box."""

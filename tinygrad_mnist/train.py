@@ -231,13 +231,13 @@ def _train_epoch(model: Module, optimizer: Optimizer, config: TrainConfig, epoch
         optimizer.lr = schedule(epoch + step / len(batches))
         batch = x[idx] if moves is None else distort(x[idx], moves[i:i + config.batch_size],
                                                      config.augment)
+        optimizer.zero_grad()  # first, as in PyTorch: the last step's gradients are freed early
         logits = model(Tensor(batch))
         loss = cross_entropy(logits, y[idx])
         value = loss.item()
         if not math.isfinite(value):
             raise TrainingDiverged(f"loss became {value} at epoch {epoch + 1}, step {step + 1}; "
                                    f"stopped")
-        optimizer.zero_grad()
         loss.backward()
         optimizer.step()
         loss_sum += value * len(idx)
