@@ -1,15 +1,16 @@
 """Latency, throughput and a soak of the pages' server: a running `tinygrad-mnist serve`.
 
     python -m benchmarks.serve_latency [--checkpoint FILE] [--requests 300] [--concurrency 1,8,32]
-                                       [--threads 1] [--payload image|pixels] [--soak 120]
-                                       [--sessions 32] [--out DIR]
+                                       [--threads 1] [--payload image|pixels] [--rounds 5]
+                                       [--soak 120] [--sessions 32] [--out DIR]
 
 Starts the server in a subprocess on 127.0.0.1 (a free port), sends --requests POST
 /api/predict at each concurrency level from that many client threads (each on its own
-keep-alive connection, as a browser keeps one), and reports p50/p99 latency, requests per
-second and the error count. Then the soak: --sessions browsers (each with its own session
-cookie) draw and teach for --soak seconds, one request after another, a teach every fourth;
-the server's resident memory is read at the start, middle and end.
+keep-alive connection, as a browser keeps one), in --rounds parts with the levels taking
+turns, and reports p50/p99 latency, requests per second and the error count. Then the soak:
+--sessions browsers (each with its own session cookie) draw and teach for --soak seconds, one
+request after another, a teach every fourth; the server's resident memory is read at the
+start, middle and end.
 
 Without --checkpoint it serves an untrained model of the default size (784-512-256-10): the
 time per request does not depend on the weights. The payload is what the page sends (a
@@ -52,6 +53,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=1, help="BLAS/OpenMP threads of the server")
     p.add_argument("--payload", choices=["image", "pixels"], default="image")
     p.add_argument("--warmup", type=int, default=20, help="untimed requests first")
+    p.add_argument("--rounds", type=int, default=5,
+                   help="send each level's requests in this many parts, the levels taking turns")
     p.add_argument("--soak", type=float, default=120, help="seconds of the soak (0: none)")
     p.add_argument("--sessions", type=int, default=32, help="browsers drawing and teaching in the soak")
     add_io_flags(p, data=False)
@@ -60,8 +63,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.levels = [int(c) for c in args.concurrency.split(",")]
     except ValueError:
         p.error(f"--concurrency must be comma-separated integers, got {args.concurrency!r}")
-    if args.requests < 1 or args.threads < 1 or min(args.levels) < 1 or args.sessions < 1:
-        p.error("--requests, --threads, --sessions and every --concurrency level must be >= 1")
+    if min(args.requests, args.threads, args.sessions, args.rounds, *args.levels) < 1 \
+            or args.rounds > args.requests:
+        p.error("--requests, --threads, --sessions, --rounds and every --concurrency level must be "
+                ">= 1, and --rounds at most --requests")
     return args
 
 
@@ -130,7 +135,9 @@ class Browser:
         return time.perf_counter() - start, ok
 
 
-def measure(port: int, body: bytes, requests: int, concurrency: int) -> dict[str, Any]:
+def timed(port: int, body: bytes, requests: int, concurrency: int) -> tuple[list[float], int, float]:
+    """(latencies in ms, errors, wall seconds) of `requests` POST /api/predict sent by
+    `concurrency` clients, each connected before the clock starts."""
     local = threading.local()
 
     def one(_: int) -> tuple[float, bool]:
@@ -143,11 +150,29 @@ def measure(port: int, body: bytes, requests: int, concurrency: int) -> dict[str
         start = time.perf_counter()
         results = list(pool.map(one, range(requests)))
         wall = time.perf_counter() - start
-    ms = sorted(1000 * s for s, _ in results)
-    return {"concurrency": concurrency, "requests": requests,
-            "errors": sum(not ok for _, ok in results),
-            "p50_ms": statistics.median(ms), "p99_ms": ms[min(len(ms) - 1, int(0.99 * len(ms)))],
-            "mean_ms": statistics.fmean(ms), "requests_per_s": requests / wall}
+    return [1000 * s for s, _ in results], sum(not ok for _, ok in results), wall
+
+
+def measure(port: int, body: bytes, requests: int, levels: list[int],
+            rounds: int) -> list[dict[str, Any]]:
+    """Each concurrency level's `requests`, sent in `rounds` parts with the levels taking
+    turns (their order turned each round): the machine's speed drifts over a run, and this
+    way a drift falls on every level alike instead of on whichever came first."""
+    got: dict[int, tuple[list[float], int, float]] = {c: ([], 0, 0.0) for c in levels}
+    for r in range(rounds):
+        share = requests // rounds + (r < requests % rounds)
+        for c in levels[r % len(levels):] + levels[:r % len(levels)]:
+            ms, errors, wall = timed(port, body, share, c) if share else ([], 0, 0.0)
+            before = got[c]
+            got[c] = (before[0] + ms, before[1] + errors, before[2] + wall)
+    out = []
+    for c in levels:
+        ms, errors, wall = got[c]
+        ms.sort()
+        out.append({"concurrency": c, "requests": len(ms), "errors": errors,
+                    "p50_ms": statistics.median(ms), "p99_ms": ms[min(len(ms) - 1, int(0.99 * len(ms)))],
+                    "mean_ms": statistics.fmean(ms), "requests_per_s": len(ms) / wall})
+    return out
 
 
 def rss_mb(pid: int) -> float:
@@ -212,7 +237,8 @@ def report(result: dict[str, Any]) -> str:
               f"{result['server_threads']} threads, and a worker process per core) on "
               f"{result['machine']}, "
               f"{result['threads']} BLAS thread(s) in the server; clients on the same machine, "
-              f"each on its own keep-alive connection. POST /api/predict:"), "",
+              f"each on its own keep-alive connection. POST /api/predict, each level's requests "
+              f"in {result.get('rounds', 1)} rounds, the levels taking turns:"), "",
              "| concurrency | requests | errors | p50 ms | p99 ms | mean ms | req/s |",
              "|---:|---:|---:|---:|---:|---:|---:|"]
     for r in result["levels"]:
@@ -263,13 +289,13 @@ def main(argv: list[str] | None = None) -> int:
             warm = Browser(port)
             for _ in range(args.warmup):
                 warm.post("/api/predict", body)
-            levels = [measure(port, body, args.requests, c) for c in args.levels]
+            levels = measure(port, body, args.requests, args.levels, args.rounds)
             soaked = soak(port, proc.pid, args.payload, args.soak, args.sessions) \
                 if args.soak > 0 else None
         finally:
             proc.terminate()
             proc.wait(timeout=30)
-    result = {"model": model, "payload": args.payload, "threads": args.threads,
+    result = {"model": model, "payload": args.payload, "threads": args.threads, "rounds": args.rounds,
               "server_threads": THREADS, "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
               "command": "python -m benchmarks.serve_latency " + " ".join(argv or sys.argv[1:]),
               "machine": f"{platform.machine()}, {os.cpu_count()} cores, Python "
