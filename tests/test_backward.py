@@ -415,3 +415,21 @@ def test_one_grad_mode_object_may_be_reused_nested_and_by_several_threads() -> N
     for t in threads:
         t.join()
     assert errors == [] and off._tokens == {} and scope._tokens == {}
+
+
+def test_a_backward_that_fails_leaves_grad_mode_as_it_was() -> None:
+    """Backward turns recording off while the rules run; a rule that raises must not leave
+    it off for everything that follows in this thread."""
+    from tinygrad_mnist.tensor import Function
+
+    class Broken(Function):
+        def forward(ctx, x):
+            return x.data * 2
+
+        def backward(ctx, out, g):
+            raise ZeroDivisionError("a broken rule")
+
+    x = Tensor(np.ones(3), requires_grad=True)
+    with pytest.raises(ZeroDivisionError, match="a broken rule"):
+        Broken.apply(x).sum().backward()
+    assert is_grad_enabled() and (x * 2).requires_grad

@@ -255,7 +255,10 @@ def _backprop(root: Tensor, seed: Any, retain_graph: bool, create_graph: bool,
     leaves: list[Tensor] = []
     _reached(root, todo, leaves)
     watcher = _watcher.get()  # trace.py's: sees each step as the walk takes it
-    with set_grad_enabled(create_graph):
+    # the rules' own ops are recorded only for create_graph; a ContextVar token, not a
+    # set_grad_enabled object, as every training step walks through here
+    recording = _grad_enabled.set(create_graph)
+    try:
         while todo:
             t = heapq.heappop(todo)[1]
             # free each gradient once used: memory holds a few layers' gradients, not all
@@ -312,6 +315,8 @@ def _backprop(root: Tensor, seed: Any, retain_graph: bool, create_graph: bool,
             for t in leaves:
                 g = grads[t]
                 t.grad = _owned(g, claimed) if t.grad is None else t.grad + g
+    finally:
+        _grad_enabled.reset(recording)
     return grads
 
 
