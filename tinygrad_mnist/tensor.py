@@ -19,15 +19,12 @@ import numpy as np
 from .grad_mode import _grad_enabled, _scope, set_grad_enabled
 
 _recorded = itertools.count()  # numbers recorded ops in order: backward runs them newest first
-# called as watcher(output, its gradient, [(input, gradient sent to it), ...]) for each op the
-# backward walk steps through, in the walk's order (trace.py sets it); None: nothing is kept
+# trace.py's: watcher(output, its gradient, [(input, gradient sent to it), ...]) at each step
 _watcher: ContextVar[Callable[[Tensor, Tensor, list[tuple[Tensor, Tensor]]], None] | None] = \
     ContextVar("backward_watcher", default=None)
 
-# what an operator takes beside a Tensor (a number, list or array is lifted to a Tensor)
-Operand = Any
-# an axis argument: None (all), an int, or a sequence of ints
-Axis = int | Sequence[int] | None
+Operand = Any  # what an operator takes beside a Tensor (a number, list or array is lifted)
+Axis = int | Sequence[int] | None  # None (all axes), an int, or a sequence of ints
 
 # ----------------------------------------------------------------------------- Tensor
 
@@ -255,9 +252,7 @@ def _backprop(root: Tensor, seed: Any, retain_graph: bool, create_graph: bool,
     leaves: list[Tensor] = []
     _reached(root, todo, leaves)
     watcher = _watcher.get()  # trace.py's: sees each step as the walk takes it
-    # the rules' own ops are recorded only for create_graph; a ContextVar token, not a
-    # set_grad_enabled object, as every training step walks through here
-    recording = _grad_enabled.set(create_graph)
+    recording = _grad_enabled.set(create_graph)  # a token: cheaper than set_grad_enabled()
     try:
         while todo:
             t = heapq.heappop(todo)[1]
