@@ -176,7 +176,7 @@ def measure(port: int, body: bytes, requests: int, levels: list[int],
 
 
 def rss_mb(pid: int) -> float:
-    """Resident memory of the server and its worker processes, MB."""
+    """Resident memory of the server's main and worker processes, MB."""
     pids = [pid] + [int(d) for d in os.listdir("/proc") if d.isdigit() and _parent(int(d)) == pid]
     total = 0
     for p in pids:
@@ -234,7 +234,7 @@ def report(result: dict[str, Any]) -> str:
     lines = [f"# The pages' server under load ({result['payload']} payload)", "",
              f"Measured {result['date']} with `{result['command']}`.", "",
              (f"{result['model']} served by `tinygrad-mnist serve` (waitress, "
-              f"{result['server_threads']} threads, and a worker process per core) on "
+              f"{result['server_threads']} threads, in a process per core) on "
               f"{result['machine']}, "
               f"{result['threads']} BLAS thread(s) in the server; clients on the same machine, "
               f"each on its own keep-alive connection. POST /api/predict, each level's requests "

@@ -9,6 +9,7 @@ waitress server on a free port, in a thread.
 import io
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -267,41 +268,180 @@ def test_error_replies_from_urllib_are_json(real_server):
 
 # ----------------------------------------------------------------------------- worker processes
 
-def test_worker_processes_answer_as_the_server_would_and_survive_a_lost_worker():
-    """`serve` answers the served model's predictions in worker processes (one per core) when
-    requests come together: the same bytes as the server's own answer, the same clear error
-    for a bad request; a worker that dies is not asked again, and its request (and every one
-    after the last worker is gone) is answered by the server process."""
-    from tinygrad_mnist.api_input import InputError
-    from tinygrad_mnist.workers import Workers, answer
-    model = MLP([784, 16, 10], seed=0).eval()
-    workers = Workers(model, 2)
+KEY = b"k" * 32  # the session cookie's key, which `serve` gives every process of one server
+
+
+@pytest.fixture
+def main_and_worker():
+    """A main process's app on a real server (in a thread) and a worker's app passing on to it,
+    as `serve` runs them in separate processes."""
+    main = create_app(MLP([784, 16, 10], seed=0), secret_key=KEY)
+    server = make_server(main, "127.0.0.1", 0)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    worker = create_app(MLP([784, 16, 10], seed=0), secret_key=KEY, main_port=server.effective_port)
+    yield main, worker, server
+    server.close()
+    thread.join(timeout=10)
+
+
+def test_a_worker_answers_predictions_itself_and_passes_the_rest_to_the_main_process(main_and_worker):
+    """What needs a state goes to the main process, whole, and its answer comes back (cookie
+    included); a prediction from the served model is answered where it came in. The cookie
+    says which browsers have their own copy, dropped copies included."""
+    from tinygrad_mnist.explain import explain
+    main, worker, server = main_and_worker
+    sessions = main.extensions["tinygrad_mnist"].sessions
+    browser = worker.test_client()
+    digit = np.zeros((28, 28))
+    digit[5:23, 13:16] = 1
+    body = {"pixels": digit.tolist()}
+    base = browser.post("/api/predict", json=body)
+    assert base.status_code == 200 and len(sessions) == 0 and "Set-Cookie" not in base.headers
+
+    taught = browser.post("/api/teach", json={**body, "label": 3})  # the main process's copy
+    assert taught.status_code == 200 and len(sessions) == 1 and "Set-Cookie" in taught.headers
+    own = next(iter(sessions._copies.values()))[0]
+    mine = browser.post("/api/predict", json=body)  # the cookie sends it to that copy
+    assert np.allclose(mine.json["probs"], explain(own, digit).probs, atol=1e-6)
+    assert mine.json["probs"] != base.json["probs"]
+    page = browser.get("/")
+    assert page.status_code == 200 and b"<canvas" in page.data
+    assert page.headers.getlist("X-Frame-Options") == ["DENY"] and "Server" not in page.headers
+
+    sessions._copies.clear()  # dropped (least recently used): the next answer says so
+    assert browser.post("/api/predict", json=body).json["probs"] == base.json["probs"]
+    assert browser.post("/api/predict", json=body).json["probs"] == base.json["probs"]
+    assert len(sessions) == 0
+
+    assert browser.post("/api/teach", json=body, headers={"Origin": "http://evil.example"}
+                        ).status_code == 403  # refused before it is passed on
+    server.close()  # the main process is gone: predictions still come, the rest is a clear 502
+    assert browser.post("/api/predict", json=body).json["probs"] == base.json["probs"]
+    lost = browser.post("/api/teach", json={**body, "label": 3})
+    assert lost.status_code == 502 and "main server process is not answering" in lost.json["error"]
+
+
+def test_an_event_stream_through_a_worker_ends_when_its_page_goes(main_and_worker, mnist_dir):
+    """The live run's events pass through a worker as they come; when the page's connection
+    closes, the worker closes its own to the main process, which sees no reader and stops."""
+    import http.client
+
+    from tinygrad_mnist.train_page import READER_TIMEOUT_KEY, RUNS
+    main, worker, _ = main_and_worker
+    main.extensions["tinygrad_mnist"].data_dir = mnist_dir
+    main.config[READER_TIMEOUT_KEY] = 1.0
+    front = make_server(worker, "127.0.0.1", 0)
+    thread = threading.Thread(target=front.run, daemon=True)
+    thread.start()
     try:
-        body = json.dumps({"pixels": PIXELS}).encode()
-        assert workers.ask_a_worker(body) == workers.predict(body) == answer(model, body)
-        with pytest.raises(InputError, match='"pixels" must be 28 rows'):
-            workers.ask_a_worker(b'{"pixels": 3}')
-        app = create_app(model, workers=workers)
-        r = app.test_client().post("/api/predict", data=body, content_type="application/json")
-        assert r.status_code == 200 and r.data == answer(model, body)
-        for lost in (1, 2):
-            process = next(p for p, _ in workers._all if p.is_alive())
-            process.kill()
-            process.join()
-            answers = [workers.ask_a_worker(body) for _ in range(3 - lost)]  # one reaches the dead one
-            assert answers == [answer(model, body)] * (3 - lost) and workers.alive() == 2 - lost
-        assert workers.ask_a_worker(body) == answer(model, body)  # none left: answered here
+        api = http.client.HTTPConnection("127.0.0.1", front.effective_port, timeout=30)
+        api.request("POST", "/api/train/start", '{"preset": "default"}',
+                    {"Content-Type": "application/json"})
+        assert api.getresponse().status == 200
+        api.close()
+        page = socket.create_connection(("127.0.0.1", front.effective_port), timeout=30)
+        page.sendall(b"GET /api/train/events HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+        received = b""
+        while received.count(b"data: ") < 2:
+            received += page.recv(65536)
+        assert received.startswith(b"HTTP/1.1 200") and b"text/event-stream" in received
+        run = main.extensions[RUNS].current
+        assert run.readers == 1
+        page.close()
+        assert run.join(20)["state"] == "stopped"
+        assert run.reason == "stopped: no page watched it for 1 s" and run.readers == 0
     finally:
-        workers.close()
+        front.close()
+        thread.join(timeout=10)
 
 
-def test_a_worker_that_cannot_start_is_a_clear_error(monkeypatch):
-    from tinygrad_mnist import workers as workers_module
-    model = MLP([784, 16, 10], seed=0)
-    model.eval = None  # the worker's first call fails: it reports why and the server does not start
-    with pytest.raises(workers_module.WorkerFailed,
-                       match="a worker process could not start: TypeError: 'NoneType'"):
-        workers_module.Workers(model, 1)
+def _children(pid: int) -> list[int]:
+    """The worker processes of a `serve` (multiprocessing's resource tracker left out)."""
+    found = []
+    for d in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{d}/stat") as f:
+                parent = int(f.read().rsplit(")", 1)[1].split()[1])
+            with open(f"/proc/{d}/cmdline", "rb") as f:
+                spawned = b"spawn_main" in f.read()
+        except OSError:
+            continue
+        if parent == pid and spawned:
+            found.append(int(d))
+    return found
+
+
+def _serve(tmp_path):
+    """`tinygrad-mnist serve` of a small model on a free port: (process, port)."""
+    from tinygrad_mnist.checkpoint import save_checkpoint
+    from tinygrad_mnist.config import TrainConfig, build_model, build_optimizer
+    config = TrainConfig(hidden=(16,))
+    model = build_model(config)
+    save_checkpoint(tmp_path / "c.npz", model, build_optimizer(config, model), config, 0, [])
+    proc = subprocess.Popen([sys.executable, "-m", "tinygrad_mnist.cli", "serve",
+                             str(tmp_path / "c.npz"), "--port", "0"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "OPENBLAS_NUM_THREADS": "1"})
+    return proc, int(proc.stdout.readline().split("127.0.0.1:")[1].split("/")[0])
+
+
+def test_serve_runs_a_process_per_core_and_serves_on_without_a_lost_worker(tmp_path):
+    """The real command: a worker per further core on one socket, browsers that taught keep
+    their own model whichever process their connection reaches, and a worker killed leaves
+    the others serving (and is logged)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from tinygrad_mnist.sessions import cores
+    proc, port = _serve(tmp_path)
+    try:
+        workers = _children(proc.pid)
+        assert len(workers) == cores() - 1 >= 1  # CI has 2 cores
+
+        def post(path, body, cookie=""):
+            req = urllib.request.Request(f"http://127.0.0.1:{port}{path}", data=json.dumps(body).encode(),
+                                         headers={"Content-Type": "application/json", "Cookie": cookie})
+            with urllib.request.urlopen(req, timeout=30) as reply:
+                return json.load(reply), reply.headers.get("Set-Cookie", "").split(";")[0]
+
+        body = {"pixels": np.eye(28).tolist()}
+        with ThreadPoolExecutor(8) as pool:  # a fresh connection each: every process answers
+            base = list(pool.map(lambda _: post("/api/predict", body)[0]["probs"], range(16)))
+            assert base == [base[0]] * 16
+            taught, cookie = post("/api/teach", {**body, "label": 3})
+            after = taught["explanation"]["probs"]
+            assert after != base[0]
+            mine = list(pool.map(lambda _: post("/api/predict", body, cookie)[0]["probs"], range(16)))
+            assert mine == [after] * 16
+            os.kill(workers[0], signal.SIGKILL)
+            time.sleep(0.5)
+            again = list(pool.map(lambda _: post("/api/predict", body)[0]["probs"], range(16)))
+            assert again == [base[0]] * 16
+    finally:
+        proc.kill()
+        _, err = proc.communicate(timeout=10)
+    assert f"worker process {workers[0]} exited with code -9" in err
+
+
+def test_workers_go_when_the_main_process_does(tmp_path):
+    proc, _ = _serve(tmp_path)
+    workers = _children(proc.pid)
+    assert workers
+    proc.kill()  # not even a chance to stop them
+    proc.wait(timeout=10)
+    deadline = time.monotonic() + 10
+    while any(os.path.exists(f"/proc/{w}") for w in workers) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not any(os.path.exists(f"/proc/{w}") for w in workers)
+
+
+def test_a_worker_that_cannot_start_is_a_clear_error():
+    from tinygrad_mnist.server import _worker
+    from tinygrad_mnist.workers import WorkerFailed, Workers
+    with socket.create_server(("127.0.0.1", 0)) as listener, \
+            pytest.raises(WorkerFailed, match="a worker process could not start: ValueError: need "
+                                              "lr > 0 and max_sessions >= 1"):
+        Workers(_worker, 1, listener, 1, {"model": MLP([784, 16, 10], seed=0), "max_sessions": 0})
 
 
 def test_a_host_name_with_several_addresses_is_bound_once(monkeypatch):

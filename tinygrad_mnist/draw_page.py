@@ -10,14 +10,14 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-from flask import Blueprint, Response, jsonify, render_template, request, session
+import orjson
+from flask import Blueprint, Response, jsonify, render_template, session
 
 from .api_input import InputError, digit_from, floats, json_body, label_from
-from .explain import explain, sgd_step
+from .explain import Explanation, explain, sgd_step
 from .nn import MLP
 from .predict import predict_proba
 from .sessions import pages, session_id
-from .workers import prediction_reply
 
 HELD_OUT = 1000  # test digits a teach is checked on: the last ones, which the draw page never shows
 
@@ -35,14 +35,19 @@ def page() -> str:
 
 @draw_page.post("/api/predict")
 def predict() -> Response:
-    state, sid = pages(), session.get("id")
-    if state.workers is not None and not state.sessions.has_own(sid):  # the served model
-        return Response(state.workers.predict(request.get_data(cache=False)),
-                        mimetype="application/json")
     digit = digit_from(json_body())
-    with state.sessions.reading(sid) as model:
+    with pages().sessions.reading(session.get("id")) as model:
         e = explain(model, digit)
-    return jsonify(prediction_reply(e))
+    # the reply written straight to bytes: this is the request a class sends most
+    return Response(orjson.dumps(prediction_reply(e), option=orjson.OPT_SERIALIZE_NUMPY),
+                    mimetype="application/json")
+
+
+def prediction_reply(e: Explanation) -> dict[str, Any]:
+    """The draw page's reply for a digit: what it draws, rounded."""
+    return {"input": floats(e.input), "probs": floats(e.probs, 6), "prediction": int(e.prediction),
+            "activations": [floats(layer.post) for layer in e.layers[:-1]],
+            "saliency": floats(e.saliency, 6)}
 
 
 @draw_page.post("/api/teach")

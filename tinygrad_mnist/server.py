@@ -13,9 +13,11 @@ own included, is one line of JSON.
 
 In parallel: the engine's grad mode is per thread, so requests run side by side, as many
 computing at once as there are cores (sessions.py). The base model is only ever read; a
-browser that changes its model (by teaching it) gets its own copy, with its own lock. What a
-request may hold is checked in api_input.py; every number comes from the engine's own
-forward and backward.
+browser that changes its model (by teaching it) gets its own copy, with its own lock. `serve`
+runs a process per core on one listening socket: the main one holds every state, and worker
+processes answer the drawing's predictions from the served model and pass the rest on to it
+(workers.py). What a request may hold is checked in api_input.py; every number comes from
+the engine's own forward and backward.
 """
 from __future__ import annotations
 
@@ -23,9 +25,12 @@ import ipaddress
 import json
 import logging
 import secrets
+import signal
 import socket
 import sys
 import threading
+from functools import partial
+from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -40,9 +45,9 @@ from .checkpoint import load_checkpoint
 from .draw_page import draw_page
 from .graph_page import graph_page
 from .nn import MLP
-from .sessions import TEACH_LR, Pages, Sessions, cores
+from .sessions import TEACH_LR, Pages, Sessions, cores, note_own_copy
 from .train_page import train_page
-from .workers import Workers
+from .workers import Workers, exit_with_main, pass_on
 
 MAX_BODY = 1 << 20  # bytes of one request
 MAX_HEADER = 16 << 10  # bytes of one request's line and headers (a URL too long is refused)
@@ -78,28 +83,31 @@ class FastJSON(DefaultJSONProvider):
 
 def create_app(model: MLP, lr: float = TEACH_LR, max_sessions: int = 32,
                allowed_hosts: tuple[str, ...] = (), data_dir: str | Path | None = None,
-               workers: Workers | None = None) -> Flask:
+               secret_key: bytes | None = None, main_port: int | None = None) -> Flask:
     """The app serving the pages for `model` (put in eval mode; its weights are never
     changed); `lr` is the step size of one teach. It answers to localhost, 127.0.0.1 and
-    [::1] and to the `allowed_hosts` names (`serve --host` and `--allow-host`). `workers`,
-    processes serving the same model, answer the draw page's predictions (`serve` starts one
-    per core; without them the request's own thread does)."""
+    [::1] and to the `allowed_hosts` names (`serve --host` and `--allow-host`).
+    `secret_key` signs the session cookie (random unless given: every process of one server
+    shares it). With `main_port` the app is a worker process's: it passes every request it
+    does not answer from the served model on to the main process listening there."""
     if not (isinstance(lr, (int, float)) and lr > 0) or max_sessions < 1:
         raise ValueError(f"need lr > 0 and max_sessions >= 1, got lr={lr}, max_sessions={max_sessions}")
     app = Flask(__name__)
     app.json = FastJSON(app)
     hosts = [*LOCAL_HOSTS, *(f"[{h}]" if ":" in h else h for h in allowed_hosts)]
-    app.config.update(MAX_CONTENT_LENGTH=MAX_BODY, SECRET_KEY=secrets.token_bytes(32),
+    app.config.update(MAX_CONTENT_LENGTH=MAX_BODY, SECRET_KEY=secret_key or secrets.token_bytes(32),
                       SESSION_COOKIE_SAMESITE="Strict", TRUSTED_HOSTS=hosts)
     model.eval()
-    # one request computing per core; with workers, twice that, so each has the next waiting
-    lanes = cores() * (2 if workers is not None else 1)
-    app.extensions["tinygrad_mnist"] = Pages(Sessions(model, max_sessions), lr, data_dir, workers,
-                                             threading.BoundedSemaphore(lanes))
+    app.extensions["tinygrad_mnist"] = Pages(Sessions(model, max_sessions), lr, data_dir)
     for page in (draw_page, graph_page, train_page):
         app.register_blueprint(page)
-    app.wsgi_app = _one_per_core(app.wsgi_app, app.extensions["tinygrad_mnist"].computing)  # type: ignore[method-assign]
+    app.wsgi_app = _one_per_core(app.wsgi_app, app.extensions["tinygrad_mnist"].computing,  # type: ignore[method-assign]
+                                 worker=main_port is not None)
     app.before_request(_refuse_cross_site)
+    if main_port is None:
+        app.after_request(note_own_copy)
+    else:
+        app.before_request(partial(pass_on, main_port))
     app.after_request(_security_headers)
 
     @app.errorhandler(InputError)
@@ -118,12 +126,14 @@ def create_app(model: MLP, lr: float = TEACH_LR, max_sessions: int = 32,
     return app
 
 
-def _one_per_core(wsgi_app: Any, computing: threading.BoundedSemaphore) -> Any:
+def _one_per_core(wsgi_app: Any, computing: threading.BoundedSemaphore, worker: bool) -> Any:
     """The app, handling at most one computing POST per core at a time (see Pages.computing).
-    The live run's controls only wait for its trainer thread, so they take no lane."""
+    The live run's controls only wait for its trainer thread, so they take no lane; nor does
+    what a worker process passes on to the main one (all but predictions)."""
     def app(environ: dict[str, Any], start_response: Any) -> Any:
-        if environ.get("REQUEST_METHOD") != "POST" or \
-                environ.get("PATH_INFO", "").startswith("/api/train/"):
+        path = environ.get("PATH_INFO", "")
+        if environ.get("REQUEST_METHOD") != "POST" or path.startswith("/api/train/") or \
+                (worker and path != "/api/predict"):
             return wsgi_app(environ, start_response)
         with computing:
             return wsgi_app(environ, start_response)
@@ -202,9 +212,11 @@ def one_address(host: str) -> str:
     return str(found[0][4][0])
 
 
-def make_server(app: Flask, host: str = "127.0.0.1", port: int = 8000) -> Any:
-    """A waitress server for `app`, bound and not yet running (`.run()`; `.close()` stops it):
-    bounded request sizes, idle connections closed, the server's own errors in JSON."""
+def make_server(app: Flask, host: str = "127.0.0.1", port: int = 8000,
+                sockets: list[socket.socket] | None = None) -> Any:
+    """A waitress server for `app`, bound (to `host` and `port`, or serving the listening
+    `sockets` given) and not yet running (`.run()`; `.close()` stops it): bounded request
+    sizes, idle connections closed, the server's own errors in JSON."""
     from waitress.channel import HTTPChannel
     from waitress.server import create_server
     from waitress.task import ErrorTask
@@ -226,7 +238,8 @@ def make_server(app: Flask, host: str = "127.0.0.1", port: int = 8000) -> Any:
     class Channel(HTTPChannel):
         error_task_class = JSONErrorTask
 
-    server = create_server(app, host=one_address(host), port=port, threads=THREADS, ident="tinygrad-mnist",
+    where: dict[str, Any] = {"sockets": sockets} if sockets else {"host": one_address(host), "port": port}
+    server = create_server(app, **where, threads=THREADS, ident="tinygrad-mnist",
                            channel_timeout=IDLE_TIMEOUT, cleanup_interval=2,
                            max_request_body_size=MAX_BODY,
                            max_request_header_size=MAX_HEADER, asyncore_use_poll=True,
@@ -238,34 +251,60 @@ def make_server(app: Flask, host: str = "127.0.0.1", port: int = 8000) -> Any:
 def serve(checkpoint: str | Path, host: str = "127.0.0.1", port: int = 8000,
           max_sessions: int = 32, allow_host: tuple[str, ...] = (),
           data_dir: str | Path | None = None) -> None:
-    """Load the checkpoint and serve the pages with waitress until Ctrl+C."""
+    """Load the checkpoint and serve the pages with waitress until Ctrl+C: this process and a
+    worker process per further core, all on one listening socket (workers.py)."""
     if not 0 <= port <= 65535:
         raise ValueError(f"port must be in 0..65535 (0 = any free port), got {port}")
     hosts = answered_hosts(host, allow_host)
-    model = load_checkpoint(checkpoint).model  # create_app puts it in eval mode, as workers do
-    workers = Workers(model, cores())
-    # Request threads mostly wait (for a socket, a worker's pipe): a shorter switch interval
+    model = load_checkpoint(checkpoint).model  # create_app puts it in eval mode
+    settings: dict[str, Any] = {"model": model, "max_sessions": max_sessions, "allowed_hosts": hosts,
+                "data_dir": data_dir, "secret_key": secrets.token_bytes(32)}
+    address = one_address(host)
+    listener = socket.create_server((address, port), backlog=1024,
+                                    family=socket.AF_INET6 if ":" in address else socket.AF_INET)
+    private = socket.create_server(("127.0.0.1", 0))  # the workers pass requests on here
+    # Request threads mostly wait (for a socket, the main process): a shorter switch interval
     # than Python's default lets a woken one take the interpreter lock back sooner.
     sys.setswitchinterval(0.0005)
     try:
-        app = create_app(model, max_sessions=max_sessions, allowed_hosts=hosts,
-                         data_dir=data_dir, workers=workers)
-        server = make_server(app, host, port)
+        server = make_server(create_app(**settings), sockets=[listener, private])
     except BaseException:
-        workers.close()
+        listener.close()
+        private.close()
+        raise
+    try:
+        workers = Workers(_worker, cores() - 1, listener, private.getsockname()[1], settings)
+    except BaseException:
+        server.close()
         raise
     logging.getLogger("waitress").setLevel(logging.ERROR)  # not a line per queued request
     shown = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(host, host)
-    url = f"http://{f'[{shown}]' if ':' in shown else shown}:{server.effective_port}/"
+    url = f"http://{f'[{shown}]' if ':' in shown else shown}:{listener.getsockname()[1]}/"
     print(f"serving {checkpoint}: open {url} in a browser (Ctrl+C stops)", flush=True)
     if host not in ("127.0.0.1", "localhost", "::1"):
         others = [h for h in hosts if h != host]
         print(f"warning: serving on {host}: other machines on the network can open this page "
               f"and use this server (there is no login). It answers to "
-              f"{', '.join(['localhost', *others])}, port {server.effective_port}; name others "
-              f"with --allow-host", file=sys.stderr, flush=True)
+              f"{', '.join(['localhost', *others])}, port {listener.getsockname()[1]}; name "
+              f"others with --allow-host", file=sys.stderr, flush=True)
     try:
         server.run()
     finally:
         server.close()
         workers.close()
+
+
+def _worker(listener: socket.socket, main_port: int, settings: dict[str, Any],
+            pipe: Connection) -> None:
+    """A worker process's life (workers.py): serve `listener` until the main process goes."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl+C is the main process's: it stops us
+    try:
+        server = make_server(create_app(**settings, main_port=main_port), sockets=[listener])
+    except Exception as e:  # reported to the main process, which refuses to start
+        pipe.send(f"{type(e).__name__}: {e}")
+        return
+    logging.getLogger("waitress").setLevel(logging.ERROR)
+    sys.setswitchinterval(0.0005)
+    pipe.send("ready")
+    exit_with_main(pipe)
+    server.run()

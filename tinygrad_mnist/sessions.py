@@ -15,12 +15,11 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from flask import current_app, session
+from flask import Response, current_app, session
 
 from .api_input import InputError
 from .data import MNIST, load_mnist
 from .nn import MLP
-from .workers import Workers
 
 MNIST_RETRY = 5.0  # seconds between two tries to load MNIST while it is missing
 TEACH_LR = 0.01  # one step of 0.1 on a single digit overshoots: most digits then get its label
@@ -96,14 +95,11 @@ class Pages:
 
     `computing` lets as many POST requests (which run the engine) be handled at once as there
     are cores: more would only take turns for Python's interpreter lock (the GIL) and slow
-    each other down. The other worker threads stay free for pages,
-    files and event streams. `workers`, when given, answer the predictions of browsers that
-    use the served model."""
+    each other down. The other threads stay free for pages, files and event streams."""
 
     sessions: Sessions
     lr: float
     data_dir: str | Path | None = None
-    workers: Workers | None = None
     computing: threading.BoundedSemaphore = field(
         default_factory=lambda: threading.BoundedSemaphore(cores()))
     _mnist: MNIST | None = field(default=None, repr=False)
@@ -153,3 +149,15 @@ def session_id() -> str:
     if "id" not in session:
         session["id"] = secrets.token_hex(16)
     return session["id"]
+
+
+def note_own_copy(response: Response) -> Response:
+    """Keep the session cookie's "own" (this browser has its own copy of the model) true to
+    the sessions, a dropped copy included: worker processes read it to know which requests
+    they may answer from the served model (workers.py)."""
+    sid = session.get("id")
+    if sid is not None:
+        own = pages().sessions.has_own(sid)
+        if session.get("own", False) != own:
+            session["own"] = own
+    return response

@@ -1,148 +1,139 @@
-"""Worker processes, one per core, that answer the draw page's predictions from the served model.
+"""Worker processes that serve whole requests beside the main server process, one per further core.
 
-Reading a drawing (decoding the PNG, cropping, scaling, centring it), running it through the
-network and writing the reply are nearly all of a prediction's work. In the server's threads
-that work would take turns for the one interpreter lock (the GIL) of the process; in worker
-processes it runs on every core at once. Each worker gets a copy of the served model's
-weights when it starts, and answers over its own pipe, one request at a time: the request's
-thread sends the body and waits (its wait lets the GIL go), with no helper thread in between.
-A request that comes alone, with no other in progress, is answered in the server process,
-which saves the trip. A browser that taught its own copy of the model is answered by the
-server process, where that copy lives.
+One Python process runs one thread at a time (the interpreter lock, GIL), and nearly all of a
+prediction is Python and NumPy work: the HTTP, reading the drawing, running the network,
+writing the reply. So `serve` runs a process per core, all accepting connections on the one
+listening socket; whichever is free takes the next connection.
+
+A worker answers what needs nothing but the served model: the pages' files and the drawing's
+predictions for browsers that did not change their model. Everything that has a state lives
+in the main process: each browser's own copy of the model, MNIST, the live training run. A
+worker passes such a request on to it whole, over a private connection on 127.0.0.1, and
+streams its answer back. Which browsers have their own copy the main process writes into
+the session cookie (signed with a key all the processes share), so a worker knows without
+asking.
 """
 from __future__ import annotations
 
+import http.client
 import logging
 import multiprocessing
-import queue
+import os
+import socket
 import threading
-import traceback
-from multiprocessing.connection import Connection
+from collections.abc import Callable, Iterator
+from multiprocessing.connection import Connection, wait
 from typing import Any
+from urllib.parse import quote
 
-import orjson
+from flask import Response, jsonify, request, session
 
-from .api_input import InputError, digit_from, floats, parse_json_object
-from .explain import Explanation, explain
-from .nn import Module
-
-WORKER_TIMEOUT = 30.0  # seconds a worker may take to answer before it is taken as hung
+MAIN_TIMEOUT = 60.0  # seconds the main process may take to send the next bytes of an answer
+# headers about one connection, not the request: each hop sets its own
+HOP_BY_HOP = {"connection", "keep-alive", "transfer-encoding", "te", "trailer", "upgrade",
+              "proxy-authorization", "proxy-authenticate"}
 _log = logging.getLogger(__name__)
 
 
 class WorkerFailed(RuntimeError):
-    """A worker process could not start, or failed while answering (its traceback follows)."""
+    """A worker process could not start (the reason follows)."""
+
+
+def answered_here() -> bool:
+    """Whether a worker answers this request itself: the pages' files, and a prediction for
+    a browser that uses the served model (every other request needs the main process)."""
+    return request.path.startswith("/static/") or (
+        request.method == "POST" and request.path == "/api/predict" and not session.get("own"))
+
+
+def pass_on(main_port: int) -> Response | tuple[Response, int] | None:
+    """In a worker, before a request is routed: None for one it answers itself, else the
+    main process's answer to it, streamed (an event stream too) as it comes."""
+    if answered_here():
+        return None
+    env = request.environ
+    target = quote(env.get("PATH_INFO", "/").encode("latin-1")) + \
+        (f"?{env['QUERY_STRING']}" if env.get("QUERY_STRING") else "")
+    headers = {k: v for k, v in request.headers.items()
+               if k.lower() not in HOP_BY_HOP and k.lower() != "content-length"}
+    main = http.client.HTTPConnection("127.0.0.1", main_port, timeout=MAIN_TIMEOUT)
+    try:
+        main.request(request.method, target, body=request.get_data(cache=False), headers=headers)
+        reply = main.getresponse()
+    except (OSError, http.client.HTTPException) as e:
+        main.close()
+        _log.error("the main server process did not answer %s %s: %s", request.method, target, e)
+        return jsonify({"error": "the main server process is not answering; try again, or "
+                                 "restart the server"}), 502
+
+    def stream() -> Iterator[bytes]:
+        try:
+            while chunk := reply.read1(1 << 16):
+                yield chunk
+        finally:
+            main.close()
+    kept = [(k, v) for k, v in reply.getheaders() if k.lower() not in HOP_BY_HOP | {"server", "date"}]
+    return Response(stream(), status=reply.status, headers=kept)
 
 
 class Workers:
-    """`n` processes answering predictions for `model`, each over its own pipe (the server
-    process itself answers a request that comes alone); `predict(body)` is the JSON reply, or
-    raises InputError for a bad request. A worker that dies or hangs is stopped and not asked
-    again; its request, and any after the last one is gone, are answered here."""
+    """`n` processes running `target(listener, main_port, settings, pipe)`: each serves the
+    listening socket and passes on what it does not answer to the main process's private
+    port. A worker that dies is logged, and the others (and the main process) serve on; each
+    exits when the main process goes, since its end of the pipe then closes."""
 
-    def __init__(self, model: Module, n: int):
-        self._model = model  # the served model itself: workers get a copy of these weights
-        self._answering, self._lost, self._counting = 0, 0, threading.Lock()
+    def __init__(self, target: Callable[..., None], n: int, listener: socket.socket, main_port: int,
+                 settings: dict[str, Any]):
         context = multiprocessing.get_context("spawn")  # a clean process: no threads copied
-        self._idle: queue.Queue[tuple[Any, Connection]] = queue.Queue()
         self._all: list[tuple[Any, Connection]] = []
+        self._closing = False
         for _ in range(n):
             ours, theirs = context.Pipe()
-            process = context.Process(target=_answer, args=(model, theirs), daemon=True)
+            process = context.Process(target=target, args=(listener, main_port, settings, theirs),
+                                      daemon=True)
             process.start()
             theirs.close()
             self._all.append((process, ours))
             try:
-                ready = ours.recv()  # set up: the first request does not wait for it
+                ready = ours.recv()  # its server is set up: it takes connections from now on
             except (EOFError, OSError):
                 process.join(5)
                 ready = f"it exited with code {process.exitcode}"
             if ready != "ready":
                 self.close()
                 raise WorkerFailed(f"a worker process could not start: {ready}")
-            self._idle.put((process, ours))
+        threading.Thread(target=self._watch, daemon=True, name="workers-watch").start()
+
+    def pids(self) -> list[int]:
+        return [process.pid for process, _ in self._all]
 
     def alive(self) -> int:
-        """How many workers are still answering."""
-        return len(self._all) - self._lost
+        """How many workers are still serving."""
+        return sum(process.is_alive() for process, _ in self._all)
 
-    def predict(self, body: bytes) -> bytes:
-        with self._counting:
-            alone = self._answering == 0 or self._lost == len(self._all)
-            self._answering += 1
-        try:
-            if alone:  # the only request (or no worker left): answered here, without the trip
-                return answer(self._model, body)
-            return self.ask_a_worker(body)
-        finally:
-            with self._counting:
-                self._answering -= 1
-
-    def ask_a_worker(self, body: bytes) -> bytes:
-        """The reply a worker process gives (waiting while every worker is busy); answered
-        here if the worker is lost on the way, or none is left."""
-        while True:
-            try:
-                process, pipe = self._idle.get(timeout=1.0)
-                break
-            except queue.Empty:
-                if self._lost == len(self._all):
-                    return answer(self._model, body)
-        try:
-            pipe.send_bytes(body)
-            if not pipe.poll(WORKER_TIMEOUT):
-                raise TimeoutError(f"no answer in {WORKER_TIMEOUT:g} s")
-            reply = pipe.recv_bytes()
-        except (EOFError, OSError) as e:  # it died or hangs: stopped, and not asked again
-            process.terminate()
-            with self._counting:
-                self._lost += 1
-            _log.error("worker process %s is lost (%s); %d left", process.pid, e, self.alive())
-            return answer(self._model, body)
-        self._idle.put((process, pipe))
-        kind, reply = reply[:1], reply[1:]  # b"=" an answer, b"?" a bad request, b"!" a crash
-        if kind == b"?":
-            raise InputError(reply.decode())
-        if kind != b"=":
-            raise WorkerFailed(reply.decode())
-        return reply
+    def _watch(self) -> None:
+        waiting = {process.sentinel: process for process, _ in self._all}
+        while waiting:
+            for sentinel in wait(list(waiting)):
+                process = waiting.pop(sentinel)
+                if not self._closing:
+                    _log.error("worker process %s exited with code %s; %d left, the main process "
+                               "serves on", process.pid, process.exitcode, self.alive())
 
     def close(self) -> None:
+        self._closing = True
         for process, pipe in self._all:
             pipe.close()
             process.terminate()
             process.join(timeout=5)
 
 
-def _answer(model: Module, pipe: Connection) -> None:
-    """A worker's life: answer each request body with `model` until the pipe closes."""
-    try:
-        model.eval()
-        pipe.send("ready")
-    except Exception as e:  # reported to the server, which refuses to start
-        pipe.send(f"{type(e).__name__}: {e}")
-        return
-    while True:
+def exit_with_main(pipe: Connection) -> None:
+    """In a worker: end this process when the main one goes (its end of `pipe` closes)."""
+    def watch() -> None:
         try:
-            body = pipe.recv_bytes()
+            pipe.recv()
         except (EOFError, OSError):
-            return
-        try:
-            pipe.send_bytes(b"=" + answer(model, body))
-        except InputError as e:
-            pipe.send_bytes(b"?" + str(e).encode())
-        except Exception:
-            pipe.send_bytes(b"!" + traceback.format_exc().encode())
-
-
-def answer(model: Module, body: bytes) -> bytes:
-    """The JSON reply to a prediction request's body, or InputError."""
-    reply = prediction_reply(explain(model, digit_from(parse_json_object(body))))
-    return orjson.dumps(reply, option=orjson.OPT_SERIALIZE_NUMPY)
-
-
-def prediction_reply(e: Explanation) -> dict[str, Any]:
-    """The draw page's reply for a digit: what it draws, rounded."""
-    return {"input": floats(e.input), "probs": floats(e.probs, 6), "prediction": int(e.prediction),
-            "activations": [floats(layer.post) for layer in e.layers[:-1]],
-            "saliency": floats(e.saliency, 6)}
+            pass
+        os._exit(0)
+    threading.Thread(target=watch, daemon=True, name="main-watch").start()
