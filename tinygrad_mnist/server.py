@@ -258,7 +258,7 @@ def serve(checkpoint: str | Path, host: str = "127.0.0.1", port: int = 8000,
     hosts = answered_hosts(host, allow_host)
     model = load_checkpoint(checkpoint).model  # create_app puts it in eval mode
     settings: dict[str, Any] = {"model": model, "max_sessions": max_sessions, "allowed_hosts": hosts,
-                "data_dir": data_dir, "secret_key": secrets.token_bytes(32)}
+                                "data_dir": data_dir, "secret_key": secrets.token_bytes(32)}
     address = one_address(host)
     listener = socket.create_server((address, port), backlog=1024,
                                     family=socket.AF_INET6 if ":" in address else socket.AF_INET)
