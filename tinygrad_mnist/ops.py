@@ -101,7 +101,8 @@ class MatMul(Function):
         x, y = ctx.saved
         if x.ndim != 2 or y.ndim != 2:
             return None
-        return (g @ y.data.T if x.requires_grad else None), (x.data.T @ g if y.requires_grad else None)
+        gy = x.data.T @ g if y.requires_grad else None  # x's last, as in Affine.fast_backward
+        return (g @ y.data.T if x.requires_grad else None), gy
 
 
 def _swap_last(ndim: int) -> tuple[int, ...]:
@@ -270,9 +271,10 @@ class Affine(Function):
                 g.sum(axis=0) if b.requires_grad else None)
 
     def fast_backward(ctx, out, g):
-        x, w, b = ctx.saved
-        return (g @ w.data.T if x.requires_grad else None, x.data.T @ g if w.requires_grad else None,
-                g.sum(axis=0) if b.requires_grad else None)
+        x, w, b = ctx.saved  # the input's gradient last: the ReLU before uses it next, while cached
+        gw = x.data.T @ g if w.requires_grad else None
+        gb = g.sum(axis=0) if b.requires_grad else None
+        return (g @ w.data.T if x.requires_grad else None), gw, gb
 
 
 class CrossEntropy(Function):
