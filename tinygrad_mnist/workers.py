@@ -104,9 +104,6 @@ class Workers:
                 raise WorkerFailed(f"a worker process could not start: {ready}")
         threading.Thread(target=self._watch, daemon=True, name="workers-watch").start()
 
-    def pids(self) -> list[int]:
-        return [process.pid for process, _ in self._all]
-
     def alive(self) -> int:
         """How many workers are still serving."""
         return sum(process.is_alive() for process, _ in self._all)
