@@ -330,6 +330,9 @@ def _load_with_keras() -> _Raw:
     """Last resort after the mirrors: Keras downloads MNIST from its own mirror."""
     source = "tensorflow.keras.datasets.mnist.load_data()"
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # before the import: no C++ start-up lines
+    # nor the notice that oneDNN is on (where the CPU makes it the default), which the level above
+    # does not silence; a download needs none of its kernels
+    os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
     try:
         with warnings.catch_warnings():  # nor Python warnings from TensorFlow's own imports
             warnings.simplefilter("ignore")
