@@ -113,6 +113,7 @@ class Workers:
         while waiting:
             for sentinel in wait(list(waiting)):
                 process = waiting.pop(sentinel)
+                process.join(timeout=5)  # its pipe closes before the exit code can be read
                 if not self._closing:
                     _log.error("worker process %s exited with code %s; %d left, the main process "
                                "serves on", process.pid, process.exitcode, self.alive())
