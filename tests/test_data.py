@@ -640,7 +640,8 @@ def test_keras_fallback_failing_too(monkeypatch):
 def test_keras_fallback_prints_no_tensorflow_start_up_lines(tmp_path, tf):
     """A real TensorFlow import in a fresh process (its C++ logging starts at import), with
     the mirrors failing: TensorFlow's own log lines must not reach the user's terminal."""
-    env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
+    env = {k: v for k, v in os.environ.items()  # the loader's own settings, not the caller's
+           if k not in ("TF_CPP_MIN_LOG_LEVEL", "TF_ENABLE_ONEDNN_OPTS")}
     env.update(XDG_CACHE_HOME=str(tmp_path / "cache"), KERAS_HOME=str(tmp_path / "keras"))
     env.pop(data.DATA_ENV, None)
     code = ("from tinygrad_mnist.data import MNISTError, load_mnist\n"
